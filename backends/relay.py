@@ -1,0 +1,234 @@
+"""One proxied exchange, as a raw ASGI response: bytes in, bytes out, lease released once.
+
+The box's status, content type and body reach the client unchanged, chunk by chunk.
+Nothing is parsed on the way through; the last two chunks are kept so the final
+NDJSON line or SSE event (token counts, timings) can be read once, at the end.
+
+While the exchange waits for the box to answer, a client that hangs up cancels it;
+while it streams, a client that hangs up closes the upstream connection, so the box
+stops generating. Before the first byte reached the client, a box that cannot be
+reached is replaced by the next candidate (``retry``); after it, a broken stream ends
+with a last error line in the stream's own framing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from backends.errors import ProxyError, UpstreamError
+from backends.upstream import Response, Upstream, request_headers
+
+log = logging.getLogger("ollamux.relay")
+_TAIL = 8192  # enough for any final chunk's counts and timings
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Lease(Protocol):
+    """What the relay needs of a reservation (routing.ledger.Lease satisfies it)."""
+
+    @property
+    def box(self) -> str: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    box: str
+    url: str  # full URL on the box
+    api_key: str | None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one exchange did, for totals, metrics and the dashboard."""
+
+    box: str | None
+    model: str
+    path: str
+    status: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_byte: float | None = None
+    ended: float | None = None
+    tail: bytes = b""  # the last bytes of the body: the final chunk with counts
+    error: str | None = None
+    client_gone: bool = False
+
+
+# Find another box for this request, avoiding the ones that failed; None: give up.
+Retry = Callable[[frozenset[str]], Awaitable[tuple[Lease, Target] | None]]
+
+
+class Exchange:
+    def __init__(
+        self,
+        upstream: Upstream,
+        lease: Lease | None,
+        target: Target,
+        *,
+        method: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        model: str,
+        path: str,
+        retry: Retry | None = None,
+        on_failure: Callable[[str], None] = lambda box: None,
+        on_done: Callable[[Outcome], None] = lambda outcome: None,
+    ) -> None:
+        self._up = upstream
+        self._lease = lease
+        self._target = target
+        self._method = method
+        self._body = body
+        self._headers = headers
+        self._retry = retry
+        self._on_failure = on_failure
+        self._on_done = on_done
+        self.outcome = Outcome(box=target.box, model=model, path=path)
+        self._phase = "waiting"
+        self._resp: Response | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.create_task(self._watch(receive, task))
+        try:
+            resp = await self._connect()
+            if resp is None:  # the client left while we waited
+                return
+            await self._relay(resp, send)
+        finally:
+            watcher.cancel()
+            self._release()
+            self.outcome.ended = time.monotonic()
+            self._on_done(self.outcome)
+
+    async def _watch(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.outcome.client_gone = True
+        if self._phase == "waiting":
+            self._phase = "cancelled"
+            task.cancel()
+        elif self._resp is not None:
+            self._resp.close()
+
+    async def _connect(self) -> Response | None:
+        failed: set[str] = set()
+        while True:
+            target = self._target
+            headers = request_headers(self._headers, target.api_key)
+            try:
+                resp = await self._up.send(
+                    target.box, self._method, target.url, headers=headers, body=self._body
+                )
+            except asyncio.CancelledError:
+                if self._phase != "cancelled":
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                return None
+            except UpstreamError as exc:
+                self._on_failure(target.box)
+                failed.add(target.box)
+                if not await self._next_box(frozenset(failed)):
+                    self.outcome.error = exc.message
+                    self.outcome.status = exc.status
+                    raise
+                continue
+            if self._phase == "cancelled":  # cancelled as the answer arrived
+                resp.close()
+                return None
+            self._phase = "relaying"
+            self._resp = resp
+            return resp
+
+    async def _next_box(self, failed: frozenset[str]) -> bool:
+        if self._retry is None:
+            return False
+        self._release()
+        picked = await self._retry(failed)
+        if picked is None:
+            return False
+        self._lease, self._target = picked
+        self.outcome.box = self._target.box
+        return True
+
+    async def _relay(self, resp: Response, send: Send) -> None:
+        self.outcome.status = resp.status
+        self.outcome.first_byte = time.monotonic()
+        if resp.streaming:
+            await self._stream(resp, send)
+            return
+        try:
+            body = await resp.read()
+        except UpstreamError as exc:
+            self.outcome.error = exc.message
+            self._on_failure(resp.box)
+            raise
+        finally:
+            resp.close()
+        self.outcome.tail = body[-_TAIL:]
+        headers = [
+            *resp.headers,
+            (b"content-length", str(len(body)).encode()),
+            (b"x-ollamux-endpoint", resp.box.encode()),
+        ]
+        try:
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except OSError:
+            self.outcome.client_gone = True
+
+    async def _stream(self, resp: Response, send: Send) -> None:
+        outcome = self.outcome
+        headers = [*resp.headers, (b"x-ollamux-endpoint", resp.box.encode())]
+        prev = last = b""
+        try:
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            async for chunk in resp.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                prev, last = last, chunk
+        except UpstreamError as exc:
+            outcome.error = exc.message
+            if not outcome.client_gone:
+                log.warning("%s", exc.message)
+                self._on_failure(resp.box)
+                await _send_quietly(send, _error_tail(resp.content_type, exc))
+            return
+        except OSError:  # the client went away while we wrote to it
+            outcome.client_gone = True
+            return
+        finally:
+            outcome.tail = (prev + last)[-_TAIL:]
+            resp.close()
+        await _send_quietly(send, b"")
+
+    def _release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+
+def _error_tail(content_type: str, exc: ProxyError) -> bytes:
+    """A last message in the stream's own framing, so the client sees why it ended."""
+    if content_type.startswith("text/event-stream"):
+        error = {"error": {"message": exc.message, "type": exc.code, "code": exc.status}}
+        return b"data: " + orjson.dumps(error) + b"\n\n"
+    return orjson.dumps({"error": exc.message}) + b"\n"
+
+
+async def _send_quietly(send: Send, body: bytes) -> None:
+    with contextlib.suppress(OSError):
+        await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,287 @@
+"""Settings: the YAML config file parsed once, at the edge, into frozen dataclasses.
+
+Errors name the key and the value (``ConfigError``), so a typo is found at start, not at
+the first request. Two shapes are accepted: ollamux's own (see README "Configuration")
+and nomyo-router's ``config.yaml``, unchanged, so its users can switch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast, get_args
+from urllib.parse import urlsplit
+
+import yaml
+
+Kind = Literal["ollama", "llama-server", "openai"]
+KINDS: tuple[str, ...] = get_args(Kind)
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be served: the message quotes the key and the value."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    name: str
+    kind: Kind = "ollama"
+    max_concurrent: int | None = None  # None: the settings' default (or the box's own slots)
+    api_key: str | None = field(default=None, repr=False)
+    priority: int = 0  # lower is preferred when priority routing is on
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    first_byte: float = 300.0  # a cold model load can take minutes
+    idle: float = 120.0  # between two chunks of one response
+
+
+@dataclass(frozen=True)
+class ProbeIntervals:
+    tags: float = 30.0
+    ps: float = 2.0
+    timeout: float = 5.0
+    max_backoff: float = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    endpoints: tuple[Endpoint, ...]
+    max_concurrent_connections: int = 2
+    priority_routing: bool = False
+    conversation_affinity: bool = True
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    timeouts: Timeouts = Timeouts()
+    probe: ProbeIntervals = ProbeIntervals()
+
+    def slots(self, endpoint: Endpoint) -> int:
+        return endpoint.max_concurrent or self.max_concurrent_connections
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# `[${KEY}]` is not valid YAML (`{` opens a mapping), yet it is the natural way to write a
+# list of secrets: variables are swapped for plain-scalar markers before parsing, and
+# read from the environment after.
+_MARK = re.compile(r"__ollamux_env\.([A-Za-z_][A-Za-z0-9_]*)\.__")
+_TOP_KEYS = {
+    "endpoints",
+    "max_concurrent_connections",
+    "priority_routing",
+    "conversation_affinity",
+    "auth",
+    "timeouts",
+    "probe",
+}
+_NOMYO_KEYS = {
+    "endpoints",
+    "llama_server_endpoints",
+    "max_concurrent_connections",
+    "api_keys",
+    "nomyo-router-api-key",
+}
+_ENDPOINT_KEYS = {"url", "kind", "name", "max_concurrent", "api_key", "priority"}
+
+
+def load_settings(path: str | Path) -> Settings:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(_VAR.sub(r"__ollamux_env.\1.__", text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_settings({} if raw is None else raw)
+
+
+def default_settings() -> Settings:
+    return parse_settings({"endpoints": [DEFAULT_OLLAMA_URL]})
+
+
+def parse_settings(raw: object) -> Settings:
+    raw = _interpolate(raw, "")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the config must be a mapping of keys, got {_show(raw)}")
+    if _is_nomyo(raw):
+        return _parse_nomyo(raw)
+    _refuse_unknown(raw, _TOP_KEYS, "")
+    endpoints = _parse_endpoints(_require(raw, "endpoints", list, ""))
+    auth = _mapping(raw.get("auth", {}), "auth")
+    _refuse_unknown(auth, {"api_keys"}, "auth.")
+    keys = [k for k in _list(auth.get("api_keys") or [], "auth.api_keys") if k != ""]
+    for i, key in enumerate(keys):
+        if not isinstance(key, str):
+            raise ConfigError(f"auth.api_keys[{i}] must be a string")
+    return Settings(
+        endpoints=endpoints,
+        max_concurrent_connections=_positive_int(raw, "max_concurrent_connections", 2, ""),
+        priority_routing=_bool(raw, "priority_routing", False),
+        conversation_affinity=_bool(raw, "conversation_affinity", True),
+        api_keys=tuple(cast(list[str], keys)),
+        timeouts=_parse_seconds(raw, "timeouts", Timeouts),
+        probe=_parse_seconds(raw, "probe", ProbeIntervals),
+    )
+
+
+def _is_nomyo(raw: Mapping[str, Any]) -> bool:
+    eps = raw.get("endpoints")
+    nomyo_only = {"llama_server_endpoints", "nomyo-router-api-key"} & raw.keys()
+    string_list = isinstance(eps, list) and all(isinstance(e, str) for e in eps)
+    return bool(nomyo_only) or (
+        string_list and isinstance(raw.get("api_keys"), dict) and set(raw) <= _NOMYO_KEYS
+    )
+
+
+def _parse_nomyo(raw: Mapping[str, Any]) -> Settings:
+    """nomyo-router's config.yaml: string endpoints, a map of box keys, one client key."""
+    _refuse_unknown(raw, _NOMYO_KEYS, "")
+    box_keys = _mapping(raw.get("api_keys") or {}, "api_keys")
+    entries: list[object] = []
+    for key, kind in (("endpoints", "ollama"), ("llama_server_endpoints", "llama-server")):
+        for i, url in enumerate(_list(raw.get(key) or [], key)):
+            if not isinstance(url, str):
+                raise ConfigError(f"{key}[{i}] must be a URL string, got {_show(url)}")
+            entry = {"url": url, "kind": kind, "api_key": box_keys.get(url) or None}
+            entries.append(entry)
+    client_key = raw.get("nomyo-router-api-key")
+    return Settings(
+        endpoints=_parse_endpoints(entries),
+        max_concurrent_connections=_positive_int(raw, "max_concurrent_connections", 2, ""),
+        api_keys=(client_key,) if isinstance(client_key, str) and client_key else (),
+    )
+
+
+def _parse_endpoints(entries: list[object]) -> tuple[Endpoint, ...]:
+    if not entries:
+        raise ConfigError("endpoints must list at least one box")
+    endpoints = tuple(_parse_endpoint(e, f"endpoints[{i}]") for i, e in enumerate(entries))
+    seen: set[str] = set()
+    for ep in endpoints:
+        if ep.name in seen:
+            raise ConfigError(f"endpoints: the name {ep.name!r} is used twice")
+        seen.add(ep.name)
+    return endpoints
+
+
+def _parse_endpoint(entry: object, where: str) -> Endpoint:
+    if isinstance(entry, str):
+        entry = {"url": entry}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a URL or a mapping, got {_show(entry)}")
+    _refuse_unknown(entry, _ENDPOINT_KEYS, f"{where}.")
+    url = _url(_require(entry, "url", str, f"{where}."), f"{where}.url")
+    kind = entry.get("kind", "ollama")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.kind has value {kind!r}; expected one of {', '.join(KINDS)}")
+    name = entry.get("name") or urlsplit(url).netloc
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}.name has value {name!r}; expected a string")
+    max_concurrent = entry.get("max_concurrent")
+    if max_concurrent is not None:
+        max_concurrent = _positive_int(entry, "max_concurrent", 1, f"{where}.")
+    api_key = entry.get("api_key")
+    if api_key is not None and not isinstance(api_key, str):
+        raise ConfigError(f"{where}.api_key must be a string")
+    priority = entry.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigError(f"{where}.priority has value {priority!r}; expected an integer")
+    return Endpoint(
+        url=url,
+        name=name,
+        kind=cast(Kind, kind),
+        max_concurrent=max_concurrent,
+        api_key=api_key or None,
+        priority=priority,
+    )
+
+
+def _url(value: str, where: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{where} has value {value!r}; expected an http(s) URL like {DEFAULT_OLLAMA_URL}"
+        )
+    return value.rstrip("/")
+
+
+def _interpolate(value: object, where: str) -> object:
+    if isinstance(value, str):
+
+        def env(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{where or 'config'} refers to ${{{name}}}, which is not set")
+            return os.environ[name]
+
+        return _MARK.sub(env, _VAR.sub(env, value))
+    if isinstance(value, list):
+        return [_interpolate(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    return value
+
+
+def _parse_seconds(raw: Mapping[str, Any], key: str, cls: type[T]) -> T:
+    section = _mapping(raw.get(key, {}), key)
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    _refuse_unknown(section, set(fields), f"{key}.")
+    values: dict[str, float] = {}
+    for name, value in section.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{key}.{name} has value {value!r}; expected seconds > 0")
+        values[name] = float(value)
+    return cls(**values)
+
+
+def _refuse_unknown(raw: Mapping[str, Any], known: set[str], prefix: str) -> None:
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown key {prefix}{key!s} (known: {', '.join(sorted(known))})")
+
+
+def _require(raw: Mapping[str, Any], key: str, typ: type, prefix: str) -> Any:
+    if key not in raw:
+        raise ConfigError(f"{prefix}{key} is required")
+    value = raw[key]
+    if not isinstance(value, typ):
+        raise ConfigError(f"{prefix}{key} has value {_show(value)}; expected a {typ.__name__}")
+    return value
+
+
+def _mapping(value: object, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} has value {_show(value)}; expected a mapping")
+    return value
+
+
+def _list(value: object, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key} has value {_show(value)}; expected a list")
+    return value
+
+
+def _positive_int(raw: Mapping[str, Any], key: str, default: int, prefix: str) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{prefix}{key} has value {value!r}; expected a whole number >= 1")
+    return value
+
+
+def _bool(raw: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} has value {value!r}; expected true or false")
+    return value
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,105 @@
+"""Ollama's API, served for many boxes as if they were one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from backends.state import Fleet, canonical_model
+from routing.body import read_json, require_model
+from routing.services import Services
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def inference(request: Request) -> Any:
+    """chat, generate, embed, embeddings: routed to a box and holding one of its slots."""
+    return await _forward(request, slot=True)
+
+
+async def show(request: Request) -> Any:
+    """Model details: any box that has the model can answer; takes no slot."""
+    return await _forward(request, slot=False)
+
+
+async def _forward(request: Request, *, slot: bool) -> Any:
+    body, doc = await read_json(request)
+    # /api/show still accepts the older "name" field.
+    model = require_model(doc, "model" if "model" in doc or slot else "name")
+    svc = services(request)
+    req = svc.dispatcher.request(canonical_model(model))
+    return await svc.exchange(
+        req, model, path=request.url.path, body=body, headers=request.headers, slot=slot
+    )
+
+
+async def tags(request: Request) -> Response:
+    return JSON({"models": merged_tags(services(request).prober.fleet)})
+
+
+async def ps(request: Request) -> Response:
+    fleet = services(request).prober.fleet
+    return JSON({"models": [m for box in fleet.boxes if box.routable for m in box.running]})
+
+
+async def version(request: Request) -> Response:
+    return JSON({"version": lowest_version(services(request).prober.fleet)})
+
+
+def merged_tags(fleet: Fleet) -> list[Any]:
+    """Every model some reachable box has, once (the first box in config order wins)."""
+    seen: set[str] = set()
+    models = []
+    for box in fleet.boxes:
+        if not box.routable:
+            continue
+        for entry in box.tags:
+            name = canonical_model(entry["name"])
+            if name not in seen:
+                seen.add(name)
+                models.append(entry)
+    return models
+
+
+def lowest_version(fleet: Fleet) -> str:
+    """The oldest Ollama in the fleet: clients may only use what every box supports."""
+    versions = [b.version for b in fleet.boxes if b.version and b.kind == "ollama"]
+    return min(versions, key=_version_key) if versions else "0.0.0"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split("-")[0].split("."):
+        parts.append(int(part) if part.isdigit() else 0)
+    return tuple(parts)
+
+
+routes: list[BaseRoute] = [
+    Route("/", root, methods=["GET"]),
+    Route("/api/chat", inference, methods=["POST"]),
+    Route("/api/generate", inference, methods=["POST"]),
+    Route("/api/embed", inference, methods=["POST"]),
+    Route("/api/embeddings", inference, methods=["POST"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/tags", tags, methods=["GET"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/version", version, methods=["GET"]),
+]

@@ -1,0 +1,98 @@
+"""Real sockets on loopback: simulated boxes and the proxy served by uvicorn, in the test's
+own event loop, so the official clients talk HTTP to them as they would in production."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from app import create_app
+from backends.settings import Settings, parse_settings
+from backends.simulated import SimBox, SimConfig
+from routing.services import Services
+
+
+@asynccontextmanager
+async def serve_app(app: Starlette) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@dataclass
+class Cluster:
+    url: str
+    boxes: list[SimBox]
+    app: Starlette
+    http: httpx.AsyncClient = field(repr=False)
+
+    @property
+    def services(self) -> Services:
+        svc: Services = self.app.state.services
+        return svc
+
+    def box(self, name: str) -> SimBox:
+        return next(b for b in self.boxes if b.config.name == name)
+
+    async def status(self) -> dict[str, Any]:
+        resp = await self.http.get("/router/status")
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+    async def in_use(self) -> int:
+        status = await self.status()
+        return sum(m["in_use"] for ep in status["endpoints"] for m in ep["models"])
+
+    async def wait_for(self, check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + within
+        while not await check():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("condition not reached in time")
+            await asyncio.sleep(0.02)
+
+
+def cluster_settings(boxes: list[SimBox], **extra: Any) -> Settings:
+    endpoints = [{"url": b.url, "name": b.config.name} for b in boxes]
+    probe = {"ps": 0.2, "tags": 30.0, "timeout": 2.0, "max_backoff": 0.5}
+    return parse_settings({"endpoints": endpoints, "probe": probe, **extra})
+
+
+@asynccontextmanager
+async def run_cluster(*configs: SimConfig, **extra: Any) -> AsyncIterator[Cluster]:
+    async with AsyncExitStack() as stack:
+        boxes = [await stack.enter_async_context(SimBox(c)) for c in configs]
+        app = create_app(cluster_settings(boxes, **extra))
+        url = await stack.enter_async_context(serve_app(app))
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
+        yield Cluster(url, boxes, app, http)
+
+
+@pytest.fixture
+def cluster() -> Callable[..., Any]:
+    """``async with cluster(SimConfig(...), ...) as c:`` — boxes, proxy, and a client."""
+    return run_cluster

@@ -1,0 +1,73 @@
+"""The README's first command: `ollamux --demo` serves simulated boxes behind the proxy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import ollama
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _command() -> list[str]:
+    exe = shutil.which("ollamux")
+    return [exe] if exe else [sys.executable, str(REPO / "app.py")]
+
+
+def test_demo_serves_a_working_cluster(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*_command(), "--demo", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the demo did not start in 30 s"
+            time.sleep(0.1)
+        status = httpx.get(f"{base}/router/status", timeout=5).json()
+        assert len(status["endpoints"]) == 3
+        assert all(ep["health"] == "healthy" for ep in status["endpoints"])
+        with ollama.Client(host=base) as client:
+            assert "llama3.2:latest" in {m.model for m in client.list().models}
+            reply = client.chat(
+                model="llama3.2",
+                messages=[{"role": "user", "content": "hi"}],
+                options={"num_predict": 3},
+            )
+            assert reply.message.content
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if proc.stdout:
+                proc.stdout.close()
+    assert proc.returncode in (0, -signal.SIGINT)

@@ -1,0 +1,162 @@
+"""The config file contract (DESIGN.md "Config file"): shape, defaults, ${VAR}, refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backends.settings import ConfigError, load_settings, parse_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_full_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GPU_A_KEY", "box-secret")
+    monkeypatch.setenv("OLLAMUX_API_KEY", "client-secret")
+    path = tmp_path / "ollamux.yaml"
+    path.write_text(
+        """
+endpoints:
+  - url: http://127.0.0.1:11434
+    kind: ollama
+    name: gpu-a
+    max_concurrent: 4
+    api_key: ${GPU_A_KEY}
+  - http://127.0.0.2:11434
+max_concurrent_connections: 3
+priority_routing: true
+conversation_affinity: false
+auth:
+  api_keys: [${OLLAMUX_API_KEY}]
+"""
+    )
+    settings = load_settings(path)
+    a, b = settings.endpoints
+    assert (a.name, a.kind, a.max_concurrent, a.api_key) == ("gpu-a", "ollama", 4, "box-secret")
+    assert (b.name, b.url, b.kind, b.max_concurrent) == (
+        "127.0.0.2:11434",
+        "http://127.0.0.2:11434",
+        "ollama",
+        None,
+    )
+    assert settings.slots(a) == 4 and settings.slots(b) == 3
+    assert settings.priority_routing and not settings.conversation_affinity
+    assert settings.api_keys == ("client-secret",)
+    assert "box-secret" not in repr(settings) and "client-secret" not in repr(settings)
+
+
+def test_defaults() -> None:
+    settings = parse_settings({"endpoints": ["http://127.0.0.1:11434/"]})
+    assert settings.endpoints[0].url == "http://127.0.0.1:11434"
+    assert settings.max_concurrent_connections == 2
+    assert settings.conversation_affinity and not settings.priority_routing
+    assert settings.api_keys == ()
+
+
+def test_example_config_parses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPU_A_KEY", "x")
+    monkeypatch.setenv("OLLAMUX_API_KEY", "y")
+    settings = load_settings(REPO / "ollamux.example.yaml")
+    assert len(settings.endpoints) >= 2
+
+
+def test_nomyo_router_config_accepted_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        """
+# nomyo-router config.yaml
+endpoints:
+  - http://127.0.0.1:11434
+  - http://127.0.0.2:11434
+llama_server_endpoints:
+  - http://127.0.0.3:8080/v1
+max_concurrent_connections: 2
+nomyo-router-api-key: "router-key"
+api_keys:
+  "http://127.0.0.1:11434": "ollama"
+  "http://127.0.0.3:8080/v1": "llama-key"
+"""
+    )
+    settings = load_settings(path)
+    kinds = [(e.url, e.kind, e.api_key) for e in settings.endpoints]
+    assert kinds == [
+        ("http://127.0.0.1:11434", "ollama", "ollama"),
+        ("http://127.0.0.2:11434", "ollama", None),
+        ("http://127.0.0.3:8080/v1", "llama-server", "llama-key"),
+    ]
+    assert settings.api_keys == ("router-key",)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "max_concurent_connections": 2},
+            "unknown key max_concurent_connections",
+        ),
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "max_concurrent_connections": 0},
+            "max_concurrent_connections has value 0",
+        ),
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "max_concurrent_connections": "2"},
+            "max_concurrent_connections has value '2'",
+        ),
+        (
+            {"endpoints": [{"url": "http://127.0.0.1:1", "kind": "vllm"}]},
+            "endpoints[0].kind has value 'vllm'",
+        ),
+        (
+            {"endpoints": [{"url": "127.0.0.1:11434"}]},
+            "endpoints[0].url has value '127.0.0.1:11434'",
+        ),
+        (
+            {"endpoints": [{"url": "http://127.0.0.1:1", "colour": "red"}]},
+            "unknown key endpoints[0].colour",
+        ),
+        (
+            {"endpoints": [{"url": "http://127.0.0.1:1", "max_concurrent": -1}]},
+            "endpoints[0].max_concurrent has value -1",
+        ),
+        ({"endpoints": []}, "at least one box"),
+        ({}, "endpoints is required"),
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "priority_routing": "yes"},
+            "priority_routing has value 'yes'",
+        ),
+        ({"endpoints": ["http://127.0.0.1:1", "http://127.0.0.1:1"]}, "used twice"),
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "timeouts": {"connect": 0}},
+            "timeouts.connect has value 0",
+        ),
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "auth": {"api_keys": "k"}},
+            "auth.api_keys has value 'k'",
+        ),
+    ],
+)
+def test_bad_values_are_refused_by_name(config: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_settings(config)
+
+
+def test_missing_env_var_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match=r"endpoints\[0\]\.api_key refers to \$\{NOPE_NOT_SET\}"):
+        parse_settings({"endpoints": [{"url": "http://127.0.0.1:1", "api_key": "${NOPE_NOT_SET}"}]})
+
+
+def test_command_line_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("endpoints: [http://127.0.0.1:1]\nmax_concurrent_connections: lots\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "app.py"), "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "max_concurrent_connections has value 'lots'" in result.stderr
