@@ -44,11 +44,35 @@ class Lease(Protocol):
     def release(self) -> None: ...
 
 
+class Translator(Protocol):
+    """Turns one API's response into another's (Ollama <-> OpenAI), for boxes that do not
+    speak the client's API. Only translation parses a stream; plain relays never do."""
+
+    def content_type(self, status: int, upstream: str) -> str: ...
+
+    def chunk(self, data: bytes) -> bytes: ...  # converted output so far (may be empty)
+
+    def end(self) -> bytes: ...  # whatever is left when the box's stream ends
+
+    def whole(self, status: int, body: bytes) -> bytes: ...  # a body read whole
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """What to send to one box for one client request: the box's path and body."""
+
+    path: str
+    body: bytes
+    translator: Translator | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     box: str
     url: str  # full URL on the box
     api_key: str | None
+    body: bytes
+    translator: Translator | None = None
 
 
 @dataclass(slots=True)
@@ -79,7 +103,6 @@ class Exchange:
         target: Target,
         *,
         method: str,
-        body: bytes,
         headers: Mapping[str, str],
         model: str,
         path: str,
@@ -91,7 +114,6 @@ class Exchange:
         self._lease = lease
         self._target = target
         self._method = method
-        self._body = body
         self._headers = headers
         self._retry = retry
         self._on_failure = on_failure
@@ -132,7 +154,7 @@ class Exchange:
             headers = request_headers(self._headers, target.api_key)
             try:
                 resp = await self._up.send(
-                    target.box, self._method, target.url, headers=headers, body=self._body
+                    target.box, self._method, target.url, headers=headers, body=target.body
                 )
             except asyncio.CancelledError:
                 if self._phase != "cancelled":
@@ -168,8 +190,14 @@ class Exchange:
     async def _relay(self, resp: Response, send: Send) -> None:
         self.outcome.status = resp.status
         self.outcome.first_byte = time.monotonic()
+        headers = [*resp.headers, (b"x-ollamux-endpoint", resp.box.encode())]
+        translator = self._target.translator
+        if translator is not None:
+            kind = translator.content_type(resp.status, resp.content_type)
+            headers = [(k, v) for k, v in headers if k != b"content-type"]
+            headers.append((b"content-type", kind.encode()))
         if resp.streaming:
-            await self._stream(resp, send)
+            await self._stream(resp, send, headers, translator)
             return
         try:
             body = await resp.read()
@@ -180,32 +208,40 @@ class Exchange:
         finally:
             resp.close()
         self.outcome.tail = body[-_TAIL:]
-        headers = [
-            *resp.headers,
-            (b"content-length", str(len(body)).encode()),
-            (b"x-ollamux-endpoint", resp.box.encode()),
-        ]
+        if translator is not None:
+            body = translator.whole(resp.status, body)
+        headers.append((b"content-length", str(len(body)).encode()))
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         except OSError:
             self.outcome.client_gone = True
 
-    async def _stream(self, resp: Response, send: Send) -> None:
+    async def _stream(
+        self,
+        resp: Response,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        translator: Translator | None,
+    ) -> None:
         outcome = self.outcome
-        headers = [*resp.headers, (b"x-ollamux-endpoint", resp.box.encode())]
         prev = last = b""
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
             async for chunk in resp.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 prev, last = last, chunk
+                out = chunk if translator is None else translator.chunk(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
         except UpstreamError as exc:
             outcome.error = exc.message
             if not outcome.client_gone:
                 log.warning("%s", exc.message)
                 self._on_failure(resp.box)
-                await _send_quietly(send, _error_tail(resp.content_type, exc))
+                kind = resp.content_type
+                if translator is not None:
+                    kind = translator.content_type(resp.status, kind)
+                await _send_quietly(send, _error_tail(kind, exc))
             return
         except OSError:  # the client went away while we wrote to it
             outcome.client_gone = True
@@ -213,7 +249,7 @@ class Exchange:
         finally:
             outcome.tail = (prev + last)[-_TAIL:]
             resp.close()
-        await _send_quietly(send, b"")
+        await _send_quietly(send, b"" if translator is None else translator.end())
 
     def _release(self) -> None:
         if self._lease is not None:

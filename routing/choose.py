@@ -40,6 +40,7 @@ class Request:
     affinity: str | None = None  # box that served this conversation before
     priority_routing: bool = False
     exclude: frozenset[str] = frozenset()  # boxes that already failed this request
+    kinds: frozenset[str] | None = None  # box kinds that can serve this route; None: all
 
 
 class NoRoute(IntEnum):
@@ -52,6 +53,8 @@ def rank(fleet: Fleet, usage: Usage, req: Request, rand: Callable[[], float]) ->
     keyed: list[tuple[tuple[float, ...], Candidate]] = []
     for box in fleet.boxes:
         if not box.routable or req.model not in box.models or box.name in req.exclude:
+            continue
+        if req.kinds is not None and box.kind not in req.kinds:
             continue
         in_use = usage.get((box.name, req.model), 0)
         loaded = req.model in box.loaded

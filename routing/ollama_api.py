@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from backends.relay import Outbound
 from backends.state import Fleet, canonical_model
 from routing.body import read_json, require_model
 from routing.services import Services
@@ -46,8 +47,14 @@ async def _forward(request: Request, *, slot: bool) -> Any:
     model = require_model(doc, "model" if "model" in doc or slot else "name")
     svc = services(request)
     req = svc.dispatcher.request(canonical_model(model))
+    path = request.url.path
     return await svc.exchange(
-        req, model, path=request.url.path, body=body, headers=request.headers, slot=slot
+        req,
+        model,
+        plan=lambda box: Outbound(path, body),
+        headers=request.headers,
+        path=path,
+        slot=slot,
     )
 
 

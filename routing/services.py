@@ -7,19 +7,24 @@ apps can run side by side in one process (tests do).
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from backends.adapters import adapters
 from backends.errors import ProxyError
 from backends.prober import Prober
-from backends.relay import Exchange, Outcome, Target
+from backends.relay import Exchange, Outbound, Outcome, Target
 from backends.settings import Settings
+from backends.state import BoxState
 from backends.upstream import Upstream
 from routing.choose import Request
 from routing.dispatch import Dispatcher
 from routing.ledger import Lease, Ledger
 from routing.status import StatusBoard
+
+# How to send one client request to a given box (its path and body; translation if its
+# kind speaks another API). Called again for each box tried.
+Plan = Callable[[BoxState], Outbound]
 
 
 class Services:
@@ -40,22 +45,23 @@ class Services:
         await self.prober.stop()
         await self.upstream.close()
 
-    def target(self, box: str, path: str) -> Target:
+    def target(self, box: str, plan: Plan) -> Target:
         ep = self.endpoints[box]
-        return Target(box=box, url=ep.url + path, api_key=ep.api_key)
+        out = plan(self.prober.fleet.by_name[box])
+        return Target(box, ep.url + out.path, ep.api_key, out.body, out.translator)
 
     async def exchange(
         self,
         req: Request,
         display_name: str,
         *,
-        path: str,
-        body: bytes,
+        plan: Plan,
         headers: Mapping[str, str],
+        path: str,
         method: str = "POST",
         slot: bool = True,
     ) -> Exchange:
-        """Reserve a box for ``req`` and prepare the exchange that forwards ``body`` there."""
+        """Reserve a box for ``req`` and prepare the exchange that ``plan`` says to send."""
         lease: Lease | None
         if slot:
             lease = await self.dispatcher.acquire(req, display_name)
@@ -70,14 +76,13 @@ class Services:
                 )
             except ProxyError:
                 return None
-            return new, self.target(new.box, path)
+            return new, self.target(new.box, plan)
 
         return Exchange(
             self.upstream,
             lease,
-            self.target(box, path),
+            self.target(box, plan),
             method=method,
-            body=body,
             headers=headers,
             model=req.model,
             path=path,

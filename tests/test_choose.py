@@ -143,3 +143,20 @@ def test_no_route_reasons() -> None:
     f = fleet(box("a", health=Health.DOWN), box("b", models=("x:latest",)))
     assert choose(f, {}, Request(M), random.random) is NoRoute.NO_HEALTHY_BOX
     assert choose(f, {}, Request("nope:latest"), random.random) is NoRoute.UNKNOWN_MODEL
+
+
+def test_kinds_filter_keeps_routes_to_boxes_that_speak_them() -> None:
+    llama = BoxState(
+        name="l",
+        url="http://127.0.0.1/l",
+        kind="llama-server",
+        index=1,
+        priority=0,
+        slots=2,
+        health=Health.HEALTHY,
+        models=frozenset({M}),
+        loaded=frozenset({M}),
+    )
+    f = Fleet.of((box("o"), llama))
+    assert first(f, {}, Request(M)) == "l"
+    assert first(f, {}, Request(M, kinds=frozenset({"ollama"}))) == "o"
