@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from backends.adapters import Adapter
+from backends.breaker import Breaker
 from backends.errors import UpstreamBadAnswer, UpstreamError
 from backends.settings import Endpoint, Kind, Settings
 from backends.state import BoxState, Fleet, Health
@@ -34,9 +35,10 @@ MODELS_REFRESH_MIN_GAP = 1.0  # seconds between two unknown-model refreshes
 class _Box:
     """The prober's private bookkeeping for one box."""
 
-    def __init__(self, ep: Endpoint, adapter: Adapter) -> None:
+    def __init__(self, ep: Endpoint, adapter: Adapter, breaker: Breaker) -> None:
         self.ep = ep
         self.adapter = adapter
+        self.breaker = breaker
         self.failures = 0
         self.models_at = -float("inf")
         self.wake = asyncio.Event()
@@ -53,7 +55,15 @@ class Prober:
         self._settings = settings
         self._up = upstream
         self._on_change = on_change
-        self._boxes = {ep.name: _Box(ep, adapters[ep.kind]) for ep in settings.endpoints}
+        fo = settings.failover
+        self._boxes = {
+            ep.name: _Box(
+                ep,
+                adapters[ep.kind],
+                Breaker(fo.breaker_failures, fo.breaker_backoff, fo.breaker_max_backoff),
+            )
+            for ep in settings.endpoints
+        }
         self.fleet = Fleet.of(
             tuple(
                 BoxState(
@@ -81,6 +91,31 @@ class Prober:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+
+    def report(self, name: str, ok: bool) -> None:
+        """What traffic saw of a box: feeds its circuit breaker."""
+        box = self._boxes.get(name)
+        if box is None:
+            return
+        now = time.monotonic()
+        changed = box.breaker.success() if ok else box.breaker.failure(now)
+        if not changed:
+            return
+        state = box.breaker.state
+        log.log(logging.INFO if ok else logging.WARNING, "box %s: breaker %s", name, state)
+        self._publish(replace(self.fleet.by_name[name], breaker=state))
+        wait = box.breaker.reopens_in(now)
+        if wait is not None:
+            asyncio.get_running_loop().call_later(wait, self._half_open, name)
+
+    def _half_open(self, name: str) -> None:
+        box = self._boxes[name]
+        if box.breaker.tick(time.monotonic()):
+            self._publish(replace(self.fleet.by_name[name], breaker=box.breaker.state))
+
+    def _publish(self, state: BoxState) -> None:
+        self.fleet = self.fleet.replace(state)
+        self._on_change()
 
     def poke(self, name: str) -> None:
         """Probe this box now (traffic found it failing)."""
@@ -122,11 +157,12 @@ class Prober:
         box = self._boxes[name]
         old = self.fleet.by_name[name]
         new = await self._probe(box, old, models)
-        if new != old:
+        # Traffic may have moved the breaker while the probe ran; it is the newer word.
+        new = replace(new, breaker=self.fleet.by_name[name].breaker)
+        if new != self.fleet.by_name[name]:
             if new.health != old.health:
                 log.info("box %s is %s%s", name, new.health, f": {new.error}" if new.error else "")
-            self.fleet = self.fleet.replace(new)
-            self._on_change()
+            self._publish(new)
 
     async def _probe(self, box: _Box, old: BoxState, models: bool) -> BoxState:
         timeout = self._settings.probe.timeout

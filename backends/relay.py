@@ -91,34 +91,36 @@ class Outcome:
     client_gone: bool = False
 
 
-# Find another box for this request, avoiding the ones that failed; None: give up.
-Retry = Callable[[frozenset[str]], Awaitable[tuple[Lease, Target] | None]]
+# Reserve a box for this request, avoiding the boxes that already failed it; raises a
+# ProxyError (404, 503, ...) when there is none. The lease is None for requests that hold
+# no slot. May wait (the waiting room); the exchange cancels it if the client leaves.
+Place = Callable[[frozenset[str]], Awaitable[tuple[Lease | None, Target]]]
 
 
 class Exchange:
     def __init__(
         self,
         upstream: Upstream,
-        lease: Lease | None,
-        target: Target,
+        place: Place,
         *,
         method: str,
         headers: Mapping[str, str],
         model: str,
         path: str,
-        retry: Retry | None = None,
+        max_attempts: int = 1,
         on_failure: Callable[[str], None] = lambda box: None,
         on_done: Callable[[Outcome], None] = lambda outcome: None,
     ) -> None:
         self._up = upstream
-        self._lease = lease
-        self._target = target
+        self._place = place
+        self._lease: Lease | None = None
+        self._target: Target | None = None
         self._method = method
         self._headers = headers
-        self._retry = retry
+        self._max_attempts = max_attempts
         self._on_failure = on_failure
         self._on_done = on_done
-        self.outcome = Outcome(box=target.box, model=model, path=path)
+        self.outcome = Outcome(box=None, model=model, path=path)
         self._phase = "waiting"
         self._resp: Response | None = None
 
@@ -128,9 +130,13 @@ class Exchange:
         watcher = asyncio.create_task(self._watch(receive, task))
         try:
             resp = await self._connect()
-            if resp is None:  # the client left while we waited
+            if resp is None:  # the client left before the box answered
                 return
             await self._relay(resp, send)
+        except ProxyError as exc:
+            self.outcome.status = self.outcome.status or exc.status
+            self.outcome.error = self.outcome.error or exc.message
+            raise
         finally:
             watcher.cancel()
             self._release()
@@ -148,49 +154,60 @@ class Exchange:
             self._resp.close()
 
     async def _connect(self) -> Response | None:
+        """Place the request and send it; before the first byte reaches the client, a box
+        that fails (unreachable, reset, timeout, 5xx) is replaced by the next best."""
         failed: set[str] = set()
-        while True:
-            target = self._target
-            headers = request_headers(self._headers, target.api_key)
-            try:
-                resp = await self._up.send(
-                    target.box, self._method, target.url, headers=headers, body=target.body
-                )
-            except asyncio.CancelledError:
-                if self._phase != "cancelled":
-                    raise
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                return None
-            except UpstreamError as exc:
-                self._on_failure(target.box)
-                failed.add(target.box)
-                if not await self._next_box(frozenset(failed)):
-                    self.outcome.error = exc.message
-                    self.outcome.status = exc.status
-                    raise
-                continue
-            if self._phase == "cancelled":  # cancelled as the answer arrived
-                resp.close()
-                return None
-            self._phase = "relaying"
-            self._resp = resp
-            return resp
+        try:
+            self._lease, self._target = await self._place(frozenset())
+            while True:
+                target = self._target
+                self.outcome.box = target.box
+                headers = request_headers(self._headers, target.api_key)
+                try:
+                    resp = await self._up.send(
+                        target.box, self._method, target.url, headers=headers, body=target.body
+                    )
+                except UpstreamError as exc:
+                    self._on_failure(target.box)
+                    failed.add(target.box)
+                    if not await self._next_box(failed):
+                        self.outcome.status = exc.status
+                        raise
+                    continue
+                if resp.status >= 500:
+                    self._on_failure(target.box)
+                    failed.add(target.box)
+                    if await self._next_box(failed):
+                        resp.close()
+                        continue
+                if self._phase == "cancelled":  # cancelled as the answer arrived
+                    resp.close()
+                    return None
+                self._phase = "relaying"
+                self._resp = resp
+                return resp
+        except asyncio.CancelledError:
+            if self._phase != "cancelled":
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            return None
 
-    async def _next_box(self, failed: frozenset[str]) -> bool:
-        if self._retry is None:
+    async def _next_box(self, failed: set[str]) -> bool:
+        """Swap in the next best box; False (keeping the current target) if none."""
+        if len(failed) >= self._max_attempts:
             return False
         self._release()
-        picked = await self._retry(failed)
-        if picked is None:
+        try:
+            self._lease, self._target = await self._place(frozenset(failed))
+        except ProxyError:
             return False
-        self._lease, self._target = picked
-        self.outcome.box = self._target.box
         return True
 
     async def _relay(self, resp: Response, send: Send) -> None:
         self.outcome.status = resp.status
         self.outcome.first_byte = time.monotonic()
         headers = [*resp.headers, (b"x-ollamux-endpoint", resp.box.encode())]
+        assert self._target is not None
         translator = self._target.translator
         if translator is not None:
             kind = translator.content_type(resp.status, resp.content_type)

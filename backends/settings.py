@@ -53,6 +53,29 @@ class ProbeIntervals:
 
 
 @dataclass(frozen=True)
+class Queue:
+    enabled: bool = True  # off: a request with no free slot goes to the least saturated box
+    max_waiting: int = 1024
+    timeout: float = 300.0  # seconds a request may wait for a slot
+
+
+@dataclass(frozen=True)
+class Affinity:
+    ttl: float = 1800.0  # seconds a conversation is remembered after its last turn
+    max_entries: int = 10000
+    max_wait: float = 1.0  # seconds to wait for the conversation's box to free a slot
+    load_guard: float = 0.5  # give up the box when its load exceeds the least busy by this
+
+
+@dataclass(frozen=True)
+class Failover:
+    max_attempts: int = 3  # boxes tried for one request before its first byte
+    breaker_failures: int = 3  # failures in a row that open a box's breaker
+    breaker_backoff: float = 5.0  # seconds open before a trial request; doubles
+    breaker_max_backoff: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     endpoints: tuple[Endpoint, ...]
     max_concurrent_connections: int = 2
@@ -61,6 +84,9 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     timeouts: Timeouts = Timeouts()
     probe: ProbeIntervals = ProbeIntervals()
+    queue: Queue = Queue()
+    affinity: Affinity = Affinity()
+    failover: Failover = Failover()
 
     def slots(self, endpoint: Endpoint) -> int:
         return endpoint.max_concurrent or self.max_concurrent_connections
@@ -79,6 +105,9 @@ _TOP_KEYS = {
     "auth",
     "timeouts",
     "probe",
+    "queue",
+    "affinity",
+    "failover",
 }
 _NOMYO_KEYS = {
     "endpoints",
@@ -126,8 +155,11 @@ def parse_settings(raw: object) -> Settings:
         priority_routing=_bool(raw, "priority_routing", False),
         conversation_affinity=_bool(raw, "conversation_affinity", True),
         api_keys=tuple(cast(list[str], keys)),
-        timeouts=_parse_seconds(raw, "timeouts", Timeouts),
-        probe=_parse_seconds(raw, "probe", ProbeIntervals),
+        timeouts=_parse_section(raw, "timeouts", Timeouts),
+        probe=_parse_section(raw, "probe", ProbeIntervals),
+        queue=_parse_section(raw, "queue", Queue),
+        affinity=_parse_section(raw, "affinity", Affinity),
+        failover=_parse_section(raw, "failover", Failover),
     )
 
 
@@ -229,15 +261,23 @@ def _interpolate(value: object, where: str) -> object:
     return value
 
 
-def _parse_seconds(raw: Mapping[str, Any], key: str, cls: type[T]) -> T:
+def _parse_section(raw: Mapping[str, Any], key: str, cls: type[T]) -> T:
+    """A mapping of settings whose types are those of ``cls``'s defaults."""
     section = _mapping(raw.get(key, {}), key)
-    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
-    _refuse_unknown(section, set(fields), f"{key}.")
-    values: dict[str, float] = {}
+    defaults = cls()
+    _refuse_unknown(section, set(cls.__dataclass_fields__), f"{key}.")  # type: ignore[attr-defined]
+    values: dict[str, object] = {}
     for name, value in section.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{key}.{name} has value {value!r}; expected seconds > 0")
-        values[name] = float(value)
+        default = getattr(defaults, name)
+        where = f"{key}.{name}"
+        if isinstance(default, bool):
+            values[name] = _bool(section, name, default, where)
+        elif isinstance(default, int):
+            values[name] = _positive_int(section, name, default, f"{key}.")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{where} has value {value!r}; expected a number > 0")
+        else:
+            values[name] = float(value)
     return cls(**values)
 
 
@@ -275,10 +315,10 @@ def _positive_int(raw: Mapping[str, Any], key: str, default: int, prefix: str) -
     return value
 
 
-def _bool(raw: Mapping[str, Any], key: str, default: bool) -> bool:
+def _bool(raw: Mapping[str, Any], key: str, default: bool, where: str = "") -> bool:
     value = raw.get(key, default)
     if not isinstance(value, bool):
-        raise ConfigError(f"{key} has value {value!r}; expected true or false")
+        raise ConfigError(f"{where or key} has value {value!r}; expected true or false")
     return value
 
 

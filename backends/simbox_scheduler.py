@@ -1,6 +1,6 @@
-"""The simulated box's scheduler: which models are loaded, who holds a slot, who waits.
+"""The simulated box's engine: everything it does that is not HTTP.
 
-It imitates Ollama's scheduler closely enough that a proxy's routing decisions matter:
+Its scheduler imitates Ollama's closely enough that a proxy's routing decisions matter:
 
 - at most ``max_loaded`` models are loaded (OLLAMA_MAX_LOADED_MODELS); loading another
   evicts the least-recently-used *idle* model, and waits while none is idle;
@@ -8,21 +8,25 @@ It imitates Ollama's scheduler closely enough that a proxy's routing decisions m
 - a loaded model has ``num_parallel`` slots (OLLAMA_NUM_PARALLEL); further requests wait
   FIFO per model, and beyond ``max_queue`` waiting requests the box refuses (QueueFull);
 - each slot remembers the tokens of its last request (prefix cache); a request takes the
-  free slot with the longest common prefix, and only the rest of its prompt costs time;
+  free slot sharing the longest prefix, and only the rest of its prompt costs time;
 - a model stays loaded ``keep_alive`` seconds after its last use (0: unload right away,
   negative: forever). Unloading or evicting a model drops its slots and their caches.
 
-Nothing here does I/O; the HTTP layer (``backends.simulated``) holds a ``Lease`` while it
-generates, and the lease's exit is the only way a slot is given back. The two inputs the
-scheduler's rules are written in live here too: keep-alive durations, and token ids (one
-per word, so a conversation's next turn shares a prefix with what a slot remembers).
+The HTTP layer (``backends.simulated``) holds a ``Lease`` while it generates; the lease's
+exit is the only way a slot is given back. Below the scheduler are the models it runs,
+deterministic functions of names and prompts: the template that turns a request into
+token ids (one per word, so a conversation's next turn continues what a slot remembers),
+the answers, the embeddings, and the sizes /api/tags reports. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
+import json
 import math
+import random
 import re
 import time
 import zlib
@@ -30,7 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class Limits(Protocol):
@@ -122,40 +126,6 @@ class Lease:
         self._slot.tokens = tokens
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_keep_alive(value: object) -> float | None:
-    """Seconds from a request's keep_alive: a number of seconds, or a Go duration string
-    ("5m", "1h30m", "0", "-1"). None when absent; negative means keep loaded forever."""
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
-        if _NUMBER.fullmatch(body):
-            return sign * float(body)
-        parts = _DURATION.findall(body)
-        if parts and "".join(n + u for n, u in parts) == body:
-            return sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
-    raise ValueError(f"invalid keep_alive {value!r}")
-
-
-def token_ids(text: str) -> list[int]:
-    """One id per word; crc32 rather than hash() so ids survive a process restart."""
-    return [zlib.crc32(word.encode()) % 128_000 for word in text.split()]
-
-
-def marker(kind: str) -> int:
-    """A special token (a role header, an image) outside the word range."""
-    return 128_000 + zlib.crc32(kind.encode()) % 256
-
-
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -165,6 +135,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class Scheduler:
+    """Loads, evicts and hands out slots; see the module docstring for the rules."""
+
     def __init__(self, limits: Limits, stats: SimStats) -> None:
         self._limits = limits
         self._stats = stats
@@ -404,3 +376,153 @@ class Scheduler:
 
 def _expiry(keep_alive: float) -> float:
     return time.time() + keep_alive if keep_alive >= 0 else math.inf
+
+
+# -- the models: deterministic functions of names and prompts ----------------------------
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(value: object) -> float | None:
+    """Seconds from a request's keep_alive: a number of seconds, or a Go duration string
+    ("5m", "1h30m", "0", "-1"). None when absent; negative means keep loaded forever."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        if _NUMBER.fullmatch(body):
+            return sign * float(body)
+        parts = _DURATION.findall(body)
+        if parts and "".join(n + u for n, u in parts) == body:
+            return sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
+    raise ValueError(f"invalid keep_alive {value!r}")
+
+
+def token_ids(text: str) -> list[int]:
+    """One id per word; crc32 rather than hash() so ids survive a process restart."""
+    return [zlib.crc32(word.encode()) % 128_000 for word in text.split()]
+
+
+def marker(kind: str) -> int:
+    """A special token (a role header, an image) outside the word range."""
+    return 128_000 + zlib.crc32(kind.encode()) % 256
+
+
+class Prompt(NamedTuple):
+    tokens: list[int]
+    seed: str  # the text the answer is derived from
+    empty: bool  # no prompt at all: Ollama's "load the model" request
+    tool: str | None  # the tool the model calls, when tools were offered to a user turn
+
+
+def images(items: Any) -> list[int]:
+    """One token per image; a hash of its start, so the same image caches alike."""
+    if not isinstance(items, list):
+        return []
+    return [marker("image:" + str(image)[:64]) for image in items]
+
+
+def chat_prompt(body: dict[str, Any]) -> Prompt:
+    """The chat template: tools, then each message as a role token and its words."""
+    messages = body.get("messages") or []
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ValueError("messages must be a list of objects")
+    tools = body.get("tools")
+    functions = [
+        t["function"]
+        for t in (tools if isinstance(tools, list) else [])
+        if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    ]
+    prompt: list[int] = []
+    for fn in functions:
+        prompt += [marker("tool"), *token_ids(f"{fn.get('name')} {fn.get('description')}")]
+    tool = None
+    if functions and messages and messages[-1].get("role") == "user":
+        tool = str(functions[0].get("name", "tool"))
+    for message in messages:
+        prompt.append(marker(str(message.get("role", "user"))))
+        prompt += token_ids(str(message.get("content") or ""))
+        prompt += images(message.get("images"))
+    prompt.append(marker("assistant"))  # the generation prompt; the answer follows it
+    seed = str(messages[-1].get("content") or "") if messages else ""
+    return Prompt(prompt, seed, not messages, tool)
+
+
+def generate_prompt(body: dict[str, Any]) -> Prompt:
+    """A previous answer's context, then the system prompt and the prompt's words."""
+    text = str(body.get("prompt") or "")
+    context = body.get("context")
+    prompt = [t for t in context if isinstance(t, int)] if isinstance(context, list) else []
+    prompt += (
+        token_ids(str(body.get("system") or "")) + token_ids(text) + images(body.get("images"))
+    )
+    return Prompt(prompt, text, not text and not body.get("images"), None)
+
+
+_VOCABULARY_TEXT = (
+    "the quick brown fox jumps over a lazy dog while seven bright stars shine above "
+    "quiet hills and rivers carry cold water toward distant seas where ships sail "
+    "under grey clouds as birds sing softly in green trees near old stone bridges"
+)
+_VOCABULARY = _VOCABULARY_TEXT.split()
+_SAMPLES: dict[str, Any] = {"integer": 42, "number": 4.2, "boolean": True, "array": []}
+
+
+def answer_tokens(seed: str, n: int) -> list[str]:
+    """n deterministic tokens; each ends with a space except the last."""
+    h = zlib.crc32(seed.encode())
+    words = [_VOCABULARY[(h + i * (h % 7 + 3)) % len(_VOCABULARY)] for i in range(n)]
+    return [w + " " for w in words[:-1]] + words[-1:]
+
+
+def json_tokens(fmt: Any, words: list[str]) -> list[str]:
+    """A JSON object (shaped by the schema's properties when given) cut into tokens."""
+    plain = [w.strip() for w in words] or ["ok"]
+    props = fmt.get("properties") if isinstance(fmt, dict) else None
+    if not isinstance(props, dict) or not props:
+        props = {"answer": {}}
+    obj = {}
+    for i, (key, spec) in enumerate(props.items()):
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        text = " ".join(plain[: i + 1] if kind else plain)
+        obj[key] = _SAMPLES.get(kind, text) if isinstance(kind, str) else text
+    # stdlib json, for its ", " and ": " separators: they give the text several tokens.
+    return re.findall(r"\S+\s*", json.dumps(obj))
+
+
+def embedding(text: str, dim: int) -> list[float]:
+    """A unit vector from the text's hash, as /api/embed returns normalised vectors."""
+    rng = random.Random(zlib.crc32(text.encode()))
+    vec = [rng.gauss(0.0, 1.0) for _ in range(dim)]
+    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+    return [x / norm for x in vec]
+
+
+def family(name: str) -> str:
+    """A model family from the name: "qwen2.5:7b" is a qwen."""
+    match = re.match(r"[a-z]+", name.rsplit("/", 1)[-1].lower())
+    return match.group(0) if match else "llama"
+
+
+def parameter_count(name: str) -> float:
+    """From a size tag ("7b", "135m") when there is one, else one of a few common sizes."""
+    tag = re.search(r"(\d+(?:\.\d+)?)([bm])\b", name.lower())
+    if tag:
+        return float(tag.group(1)) * (1e9 if tag.group(2) == "b" else 1e6)
+    return (1.2e9, 3.2e9, 7.6e9, 8.0e9)[zlib.crc32(name.encode()) % 4]
+
+
+def size_bytes(name: str) -> int:
+    # Q4_K_M stores about 0.6 bytes per parameter; the crc keeps equal sizes apart.
+    return int(parameter_count(name) * 0.6) + zlib.crc32(name.encode()) % 1_000_000
+
+
+def digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()

@@ -17,15 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
-import json
-import math
-import random
-import re
 import signal
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -40,8 +34,16 @@ from backends.simbox_scheduler import (
     QueueFull,
     Scheduler,
     SimStats,
-    marker,
+    answer_tokens,
+    chat_prompt,
+    digest,
+    embedding,
+    family,
+    generate_prompt,
+    json_tokens,
+    parameter_count,
     parse_keep_alive,
+    size_bytes,
     token_ids,
 )
 
@@ -52,20 +54,6 @@ _FAULT_POLL_S = 0.01  # how often a hanging fault looks whether it was switched 
 _SHUTDOWN_S = 0.1  # stop() grants in-flight requests this long before cancelling them
 _CONTEXT_LENGTH = 4096
 _MODIFIED_AT = "2025-06-01T12:00:00.000000+00:00"
-_TEXT = (
-    "the quick brown fox jumps over a lazy dog while seven bright stars shine above "
-    "quiet hills and rivers carry cold water toward distant seas where ships sail "
-    "under grey clouds as birds sing softly in green trees near old stone bridges"
-)
-_WORDS = _TEXT.split()
-_SAMPLES: dict[str, Any] = {
-    "integer": 42,
-    "number": 4.2,
-    "boolean": True,
-    "array": [],
-    "object": {},
-    "null": None,
-}
 _NDJSON = {"Content-Type": "application/x-ndjson"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,6 +61,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass
 class SimConfig:
+    """One box's knobs; the scheduler reads them live, so a test may change them."""
+
     name: str = "sim"
     models: list[str] = field(default_factory=lambda: ["llama3.2:latest"])
     max_loaded: int = 2
@@ -108,23 +98,28 @@ class _ApiError(Exception):
         self.message = message
 
 
-@dataclass
 class _Job:
-    """One parsed /api/chat or /api/generate request."""
+    """One /api/chat or /api/generate request, parsed."""
 
-    chat: bool
-    model: str  # as the client spelled it; Ollama echoes this back
-    name: str  # normalised, "name:tag"
-    stream: bool
-    keep_alive: float | None
-    prompt: list[int]
-    seed: str
-    is_load: bool
-    num_predict: int | None
-    json_format: Any
-    tool: str | None
-    think: bool
-    started_ns: int
+    def __init__(self, body: dict[str, Any], chat: bool, started_ns: int) -> None:
+        self.chat = chat
+        self.started_ns = started_ns
+        self.model = _model_of(body)  # as the client spelled it; Ollama echoes it back
+        self.name = normalize(self.model)
+        self.stream = body.get("stream") is not False
+        self.keep_alive = _keep_alive(body)
+        self.think = bool(body.get("think"))
+        fmt = body.get("format")
+        self.json_format = fmt if fmt == "json" or isinstance(fmt, dict) else None
+        options = body.get("options")
+        n = options.get("num_predict") if isinstance(options, dict) else None
+        # Absent, or Ollama's -1/-2 ("until the model stops"): the natural answer length.
+        self.num_predict = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+        try:
+            prompt = chat_prompt(body) if chat else generate_prompt(body)
+        except ValueError as exc:
+            raise _ApiError(400, str(exc)) from exc
+        self.prompt, self.seed, self.is_load, self.tool = prompt
 
 
 # -- names, metadata, tokens ----------------------------------------------------------
@@ -135,77 +130,27 @@ def normalize(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
-def _family(name: str) -> str:
-    match = re.match(r"[a-z]+", name.rsplit("/", 1)[-1].lower())
-    return match.group(0) if match else "llama"
-
-
-def _parameters(name: str) -> float:
-    tag = re.search(r"(\d+(?:\.\d+)?)([bm])\b", name.lower())
-    if tag:
-        return float(tag.group(1)) * (1e9 if tag.group(2) == "b" else 1e6)
-    return (1.2e9, 3.2e9, 7.6e9, 8.0e9)[zlib.crc32(name.encode()) % 4]
-
-
 def _card(name: str) -> dict[str, Any]:
     """The fields /api/tags and /api/ps share."""
     return {
         "name": name,
         "model": name,
-        "size": _size(name),
-        "digest": _digest(name),
+        "size": size_bytes(name),
+        "digest": digest(name),
         "details": _details(name),
     }
 
 
 def _details(name: str) -> dict[str, Any]:
-    family = _family(name)
+    kind = family(name)
     return {
         "parent_model": "",
         "format": "gguf",
-        "family": family,
-        "families": [family],
-        "parameter_size": f"{_parameters(name) / 1e9:.1f}B",
+        "family": kind,
+        "families": [kind],
+        "parameter_size": f"{parameter_count(name) / 1e9:.1f}B",
         "quantization_level": "Q4_K_M",
     }
-
-
-def _size(name: str) -> int:
-    # Q4_K_M stores about 0.6 bytes per parameter; the crc keeps equal sizes apart.
-    return int(_parameters(name) * 0.6) + zlib.crc32(name.encode()) % 1_000_000
-
-
-def _digest(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()
-
-
-def _words(seed: str, n: int) -> list[str]:
-    """n deterministic tokens; each ends with a space except the last."""
-    h = zlib.crc32(seed.encode())
-    words = [_WORDS[(h + i * (h % 7 + 3)) % len(_WORDS)] for i in range(n)]
-    return [w + " " for w in words[:-1]] + words[-1:]
-
-
-def _json_tokens(fmt: Any, words: list[str]) -> list[str]:
-    """A JSON object (shaped by the schema's properties when given) cut into tokens."""
-    plain = [w.strip() for w in words] or ["ok"]
-    props = fmt.get("properties") if isinstance(fmt, dict) else None
-    if not isinstance(props, dict) or not props:
-        props = {"answer": {}}
-    obj = {}
-    for i, (key, spec) in enumerate(props.items()):
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        text = " ".join(plain[: i + 1] if kind else plain)
-        obj[key] = _SAMPLES.get(kind, text) if isinstance(kind, str) else text
-    # stdlib json, for its ", " and ": " separators: they give the text several tokens.
-    return re.findall(r"\S+\s*", json.dumps(obj))
-
-
-def _embedding(text: str, dim: int) -> list[float]:
-    rng = random.Random(zlib.crc32(text.encode()))
-    vec = [rng.gauss(0.0, 1.0) for _ in range(dim)]
-    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
-    return [x / norm for x in vec]
 
 
 def _now() -> str:
@@ -243,73 +188,6 @@ def _model_of(body: dict[str, Any], *, legacy: bool = False) -> str:
     if not model or not isinstance(model, str):
         raise _ApiError(400, "model is required")
     return model
-
-
-def _parse_job(body: dict[str, Any], chat: bool, started_ns: int) -> _Job:
-    model = _model_of(body)
-    keep_alive = _keep_alive(body)
-    options = body.get("options") or {}
-    num_predict = options.get("num_predict") if isinstance(options, dict) else None
-    if not isinstance(num_predict, int) or isinstance(num_predict, bool) or num_predict < 0:
-        num_predict = None  # absent, or Ollama's -1/-2 "until the model stops"
-    prompt, seed, is_load, tool = (_chat_prompt if chat else _generate_prompt)(body)
-    fmt = body.get("format")
-    return _Job(
-        chat=chat,
-        model=model,
-        name=normalize(model),
-        stream=body.get("stream") is not False,
-        keep_alive=keep_alive,
-        prompt=prompt,
-        seed=seed,
-        is_load=is_load,
-        num_predict=num_predict,
-        json_format=fmt if fmt == "json" or isinstance(fmt, dict) else None,
-        tool=tool,
-        think=bool(body.get("think")),
-        started_ns=started_ns,
-    )
-
-
-def _images(images: Any) -> list[int]:
-    if not isinstance(images, list):
-        return []
-    return [marker("image:" + str(image)[:64]) for image in images]
-
-
-def _chat_prompt(body: dict[str, Any]) -> tuple[list[int], str, bool, str | None]:
-    messages = body.get("messages") or []
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise _ApiError(400, "messages must be a list of objects")
-    tools = body.get("tools")
-    functions = [
-        t["function"]
-        for t in (tools if isinstance(tools, list) else [])
-        if isinstance(t, dict) and isinstance(t.get("function"), dict)
-    ]
-    prompt: list[int] = []
-    for fn in functions:
-        prompt += [marker("tool"), *token_ids(f"{fn.get('name')} {fn.get('description')}")]
-    tool = None
-    if functions and messages and messages[-1].get("role") == "user":
-        tool = str(functions[0].get("name", "tool"))
-    for message in messages:
-        prompt.append(marker(str(message.get("role", "user"))))
-        prompt += token_ids(str(message.get("content") or ""))
-        prompt += _images(message.get("images"))
-    prompt.append(marker("assistant"))  # the generation prompt; the answer follows it
-    seed = str(messages[-1].get("content") or "") if messages else ""
-    return prompt, seed, not messages, tool
-
-
-def _generate_prompt(body: dict[str, Any]) -> tuple[list[int], str, bool, str | None]:
-    text = str(body.get("prompt") or "")
-    context = body.get("context")
-    prompt = [t for t in context if isinstance(t, int)] if isinstance(context, list) else []
-    prompt += (
-        token_ids(str(body.get("system") or "")) + token_ids(text) + _images(body.get("images"))
-    )
-    return prompt, text, not text and not body.get("images"), None
 
 
 # -- the box --------------------------------------------------------------------------
@@ -409,7 +287,7 @@ class SimBox:
             {
                 **_card(m.name),
                 "expires_at": _wall(m.expires_at),
-                "size_vram": _size(m.name),
+                "size_vram": size_bytes(m.name),
                 "context_length": _CONTEXT_LENGTH,
             }
             for m in self._scheduler.loaded()
@@ -424,12 +302,12 @@ class SimBox:
         name = normalize(model)
         if name not in self._advertised:
             raise _ApiError(404, f"model '{model}' not found")
-        family = _family(name)
+        kind = family(name)
         info = {
-            "general.architecture": family,
-            "general.parameter_count": int(_parameters(name)),
-            f"{family}.context_length": _CONTEXT_LENGTH,
-            f"{family}.embedding_length": self.config.embedding_dim,
+            "general.architecture": kind,
+            "general.parameter_count": int(parameter_count(name)),
+            f"{kind}.context_length": _CONTEXT_LENGTH,
+            f"{kind}.embedding_length": self.config.embedding_dim,
         }
         return _json(
             {
@@ -472,7 +350,7 @@ class SimBox:
         refusal = await self._refusal()
         if refusal is not None:
             return refusal
-        job = _parse_job(await _body(request), chat, started_ns)
+        job = _Job(await _body(request), chat, started_ns)
         self._known(job.model)
         if job.is_load:
             return await self._load_or_unload(job)
@@ -497,7 +375,9 @@ class SimBox:
         t0 = time.perf_counter_ns()
         if cfg.prompt_tokens_per_s > 0:
             await asyncio.sleep(uncached / cfg.prompt_tokens_per_s)
-        thinking = _words("think:" + job.seed, max(1, cfg.default_tokens // 2)) if job.think else []
+        thinking = (
+            answer_tokens("think:" + job.seed, max(1, cfg.default_tokens // 2)) if job.think else []
+        )
         content, reason = self._content(job)
         generated = token_ids("".join(thinking) + "".join(content))
         lease.remember(job.prompt + generated)
@@ -524,8 +404,8 @@ class SimBox:
             return [], "stop"
         n = self.config.default_tokens if job.num_predict is None else job.num_predict
         if job.json_format is None:
-            return _words(job.seed, n), "stop" if job.num_predict is None else "length"
-        tokens = _json_tokens(job.json_format, _words(job.seed, self.config.default_tokens))
+            return answer_tokens(job.seed, n), "stop" if job.num_predict is None else "length"
+        tokens = json_tokens(job.json_format, answer_tokens(job.seed, self.config.default_tokens))
         if job.num_predict is not None and n < len(tokens):
             return tokens[:n], "length"  # cut short, invalid JSON, as a real model's would be
         return tokens, "stop"
@@ -565,7 +445,7 @@ class SimBox:
         """Write one line as its own chunk; False when the stream has to end here."""
         faults = self.faults
         stall = faults.hang_after_chunks
-        while stall is not None and sent >= stall:
+        while stall is not None and sent >= stall:  # polled, like hang_before_first_byte
             await asyncio.sleep(_FAULT_POLL_S)
             stall = faults.hang_after_chunks
         if faults.kill_after_chunks is not None and sent >= faults.kill_after_chunks:
@@ -597,7 +477,7 @@ class SimBox:
                 uncached = max(1, len(prompt) - lease.cached)
                 if self.config.prompt_tokens_per_s > 0:
                     await asyncio.sleep(uncached / self.config.prompt_tokens_per_s)
-                vectors = [_embedding(t, self.config.embedding_dim) for t in texts]
+                vectors = [embedding(t, self.config.embedding_dim) for t in texts]
         except QueueFull:
             return _error(503, BUSY)
         if legacy:

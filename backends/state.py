@@ -12,6 +12,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from backends.breaker import BreakerState
 from backends.settings import Kind
 
 
@@ -42,10 +43,12 @@ class BoxState:
     error: str | None = None  # the last probe failure, for people
     tags: tuple[Mapping[str, Any], ...] = ()  # raw /api/tags entries, for merging
     running: tuple[Mapping[str, Any], ...] = ()  # raw /api/ps entries, for merging
+    breaker: BreakerState = BreakerState.CLOSED
 
     @property
     def routable(self) -> bool:
-        return self.health in (Health.HEALTHY, Health.DEGRADED)
+        healthy = self.health in (Health.HEALTHY, Health.DEGRADED)
+        return healthy and self.breaker is not BreakerState.OPEN
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ class Ledger:
         self._in_use: dict[tuple[str, str], int] = {}
         self._view: Usage = MappingProxyType(self._in_use)
         self._on_change = on_change
+        self.on_release: Callable[[], None] = lambda: None  # a slot freed: place waiters
         self.leased = 0  # leases ever handed out
 
     @property
@@ -58,11 +59,20 @@ class Ledger:
             picked = decide(self._view)
             if not isinstance(picked, tuple):
                 return picked
-            box, model = picked
-            self._in_use[picked] = self._in_use.get(picked, 0) + 1
-            self.leased += 1
+            return self.reserve(*picked)
+
+    def reserve(self, box: str, model: str) -> Lease:
+        """Reserve a slot now. Only for synchronous callers that decided on the current
+        usage without awaiting in between (``lease`` under the lock, the waiting room's
+        drain): nothing can interleave, so the decision still holds."""
+        key = (box, model)
+        self._in_use[key] = self._in_use.get(key, 0) + 1
+        self.leased += 1
         self._on_change()
         return Lease(self, box, model)
+
+    def changed(self) -> None:
+        self._on_change()
 
     def _free(self, box: str, model: str) -> None:
         key = (box, model)
@@ -72,3 +82,4 @@ class Ledger:
         else:
             self._in_use.pop(key, None)
         self._on_change()
+        self.on_release()

@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute, Route
 
 from backends.relay import Outbound
 from backends.state import Fleet, canonical_model
+from routing.affinity import conversation_key
 from routing.body import read_json, require_model
 from routing.services import Services
 
@@ -46,8 +47,11 @@ async def _forward(request: Request, *, slot: bool) -> Any:
     # /api/show still accepts the older "name" field.
     model = require_model(doc, "model" if "model" in doc or slot else "name")
     svc = services(request)
-    req = svc.dispatcher.request(canonical_model(model))
     path = request.url.path
+    conversation = None
+    if path in ("/api/chat", "/api/generate"):
+        conversation = conversation_key(model, doc, request.headers.get("x-session-id"))
+    req = svc.dispatcher.request(canonical_model(model), conversation=conversation)
     return await svc.exchange(
         req,
         model,
@@ -55,6 +59,7 @@ async def _forward(request: Request, *, slot: bool) -> Any:
         headers=request.headers,
         path=path,
         slot=slot,
+        conversation=conversation,
     )
 
 

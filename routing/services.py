@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 from backends.adapters import adapters
-from backends.errors import ProxyError
+from backends.errors import BadRequest
 from backends.prober import Prober
 from backends.relay import Exchange, Outbound, Outcome, Target
 from backends.settings import Settings
@@ -21,6 +20,7 @@ from routing.choose import Request
 from routing.dispatch import Dispatcher
 from routing.ledger import Lease, Ledger
 from routing.status import StatusBoard
+from routing.waiting import PRIORITIES
 
 # How to send one client request to a given box (its path and body; translation if its
 # kind speaks another API). Called again for each box tried.
@@ -32,10 +32,18 @@ class Services:
         self.settings = settings
         self.endpoints = {ep.name: ep for ep in settings.endpoints}
         self.upstream = Upstream(settings.timeouts)
-        self.board = StatusBoard(lambda: self.prober.fleet, lambda: self.ledger.usage)
+        self.board = StatusBoard(
+            lambda: self.prober.fleet,
+            lambda: self.ledger.usage,
+            lambda: self.dispatcher.queue_status(),
+        )
         self.ledger = Ledger(on_change=self.board.changed)
-        self.prober = Prober(settings, self.upstream, adapters(), on_change=self.board.changed)
+        self.prober = Prober(settings, self.upstream, adapters(), on_change=self._fleet_changed)
         self.dispatcher = Dispatcher(settings, self.ledger, self.prober, rng or random.Random())
+
+    def _fleet_changed(self) -> None:
+        self.board.changed()
+        self.dispatcher.drain()  # a box came back, or a model loaded: waiters may fit now
 
     async def start(self) -> None:
         await self.upstream.open()
@@ -60,39 +68,54 @@ class Services:
         path: str,
         method: str = "POST",
         slot: bool = True,
+        conversation: str | None = None,
     ) -> Exchange:
-        """Reserve a box for ``req`` and prepare the exchange that ``plan`` says to send."""
-        lease: Lease | None
-        if slot:
-            lease = await self.dispatcher.acquire(req, display_name)
-            box = lease.box
-        else:
-            lease, box = None, (await self.dispatcher.resolve(req, display_name)).box.name
+        """The exchange that places ``req`` (waiting for a slot if need be) and sends
+        what ``plan`` says to the chosen box, trying others if that box fails."""
+        priority = _priority(headers)
 
-        async def retry(failed: frozenset[str]) -> tuple[Lease, Target] | None:
-            try:
-                new = await self.dispatcher.acquire(
-                    replace(req, exclude=req.exclude | failed), display_name
-                )
-            except ProxyError:
-                return None
-            return new, self.target(new.box, plan)
+        async def place(failed: frozenset[str]) -> tuple[Lease | None, Target]:
+            again = self.dispatcher.excluding(req, failed) if failed else req
+            if not slot:
+                picked = await self.dispatcher.resolve(again, display_name)
+                return None, self.target(picked.box.name, plan)
+            lease = await self.dispatcher.acquire(again, display_name, priority)
+            return lease, self.target(lease.box, plan)
+
+        def done(outcome: Outcome) -> None:
+            self._done(outcome)
+            if conversation is not None and outcome.box and 0 < outcome.status < 400:
+                self.dispatcher.remember(conversation, outcome.box)
 
         return Exchange(
             self.upstream,
-            lease,
-            self.target(box, plan),
+            place,
             method=method,
             headers=headers,
             model=req.model,
             path=path,
-            retry=retry if slot else None,
-            on_failure=self.prober.poke,
-            on_done=self._done,
+            max_attempts=self.settings.failover.max_attempts if slot else 1,
+            on_failure=self._failed,
+            on_done=done,
         )
+
+    def _failed(self, box: str) -> None:
+        """Traffic found ``box`` failing before its answer could be relayed."""
+        self.prober.report(box, ok=False)
+        self.prober.poke(box)
 
     def _done(self, outcome: Outcome) -> None:
         self.board.requests += 1
         if outcome.error or outcome.status >= 500:
             self.board.errors += 1
+        if outcome.box and outcome.first_byte is not None and outcome.status < 500:
+            # The box answered: a broken stream later is the stream's failure, already told.
+            self.prober.report(outcome.box, ok=outcome.error is None or outcome.client_gone)
         self.board.changed()
+
+
+def _priority(headers: Mapping[str, str]) -> str:
+    value = headers.get("x-priority", "normal").strip().lower() or "normal"
+    if value not in PRIORITIES:
+        raise BadRequest(f"X-Priority must be high, normal or low, not {value!r}")
+    return value

@@ -15,9 +15,15 @@ from backends.state import BoxState, Fleet, Usage
 class StatusBoard:
     """Knows when the picture changed (a version number), and draws it on demand."""
 
-    def __init__(self, fleet: Callable[[], Fleet], usage: Callable[[], Usage]) -> None:
+    def __init__(
+        self,
+        fleet: Callable[[], Fleet],
+        usage: Callable[[], Usage],
+        queue: Callable[[], dict[str, Any]] = lambda: {"waiting": 0},
+    ) -> None:
         self._fleet = fleet
         self._usage = usage
+        self._queue = queue
         self.version = 0
         self.requests = 0
         self.errors = 0
@@ -39,7 +45,7 @@ class StatusBoard:
         endpoints = [_endpoint(box, usage) for box in self._fleet().boxes]
         return {
             "endpoints": endpoints,
-            "queue": {"waiting": 0},
+            "queue": self._queue(),
             "totals": {
                 "requests": self.requests,
                 "errors": self.errors,
@@ -64,6 +70,7 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> dict[str, Any
         "url": _public_url(box.url),
         "kind": box.kind,
         "health": str(box.health),
+        "breaker": str(box.breaker),
         "version": box.version,
         "error": box.error,
         "models": models,

@@ -130,7 +130,7 @@ api_keys:
         ({"endpoints": ["http://127.0.0.1:1", "http://127.0.0.1:1"]}, "used twice"),
         (
             {"endpoints": ["http://127.0.0.1:1"], "timeouts": {"connect": 0}},
-            "timeouts.connect has value 0",
+            "timeouts.connect has value 0; expected a number > 0",
         ),
         (
             {"endpoints": ["http://127.0.0.1:1"], "auth": {"api_keys": "k"}},
