@@ -111,6 +111,10 @@ class Services:
         if outcome.box and outcome.first_byte is not None and outcome.status < 500:
             # The box answered: a broken stream later is the stream's failure, already told.
             self.prober.report(outcome.box, ok=outcome.error is None or outcome.client_gone)
+            box = self.prober.fleet.by_name.get(outcome.box)
+            if box is not None and outcome.model not in box.loaded:
+                # It loaded the model (and may have evicted another): look now, not in 2 s.
+                self.prober.poke(outcome.box)
         self.board.changed()
 
 

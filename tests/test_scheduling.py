@@ -246,31 +246,29 @@ async def test_a_new_model_loads_where_it_costs_least(cluster: Any) -> None:
 async def test_failover_before_the_first_byte(cluster: Any) -> None:
     async with cluster(
         SimConfig(name="a", preloaded=[M]),
-        SimConfig(name="b"),
+        SimConfig(name="b", preloaded=[M]),
+        priority_routing=True,  # a first whenever it can serve: the failures land there
         timeouts={"first_byte": 0.5},
-        failover={"breaker_failures": 2, "breaker_backoff": 0.5},
+        failover={"breaker_failures": 3, "breaker_backoff": 0.5},
     ) as c:
         a = c.box("a")
-        for fault in ("busy_503", "hang_before_first_byte", "error_status"):
-            if fault == "busy_503":
-                a.faults.busy_503 = 1
-            elif fault == "hang_before_first_byte":
-                a.faults.hang_before_first_byte = True
-            else:
-                a.faults.error_status = 500
-            resp = await c.http.post("/api/generate", json=gen(tokens=2, stream=False))
+        for n, fault in enumerate(("busy_503", "hang_before_first_byte", "error_status")):
+            setattr(a.faults, fault, {"busy_503": 1, "error_status": 500}.get(fault, True))
+            resp = await c.http.post("/api/generate", json=gen(f"p{n}", tokens=2, stream=False))
             assert resp.status_code == 200, (fault, resp.text)
             assert resp.headers["x-ollamux-endpoint"] == "b", fault
             a.faults.hang_before_first_byte = False
             a.faults.error_status = None
-            await c.wait_for(lambda: _breaker(c, "a", "open", "closed", "half_open"))
-        # Two failures in a row opened a's breaker: traffic avoids it without trying.
-        await c.wait_for(lambda: _breaker(c, "a", "open", "half_open"))
-        # After the backoff a trial request succeeds and closes the breaker again.
-        await asyncio.sleep(0.6)
-        for i in range(16):  # distinct prompts: no affinity to b
-            await c.http.post("/api/generate", json=gen(f"trial {i}", tokens=1, stream=False))
-        await c.wait_for(lambda: _breaker(c, "a", "closed"))
+        # Three failures in a row opened a's breaker: traffic avoids it without trying.
+        assert await _breaker(c, "a", "open")
+        served = await c.http.post("/api/generate", json=gen("p3", tokens=1, stream=False))
+        assert served.headers["x-ollamux-endpoint"] == "b"
+        assert a.stats.requests == 3
+        # After the backoff the next request is the trial; it succeeds and closes it.
+        await c.wait_for(lambda: _breaker(c, "a", "half_open"))
+        trial = await c.http.post("/api/generate", json=gen("p4", tokens=1, stream=False))
+        assert trial.headers["x-ollamux-endpoint"] == "a"
+        assert await _breaker(c, "a", "closed")
         assert await c.in_use() == 0
 
 

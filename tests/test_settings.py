@@ -48,6 +48,25 @@ auth:
     assert "box-secret" not in repr(settings) and "client-secret" not in repr(settings)
 
 
+def test_scheduling_sections() -> None:
+    settings = parse_settings(
+        {
+            "endpoints": ["http://127.0.0.1:11434"],
+            "queue": {"enabled": False, "max_waiting": 10, "timeout": 2},
+            "affinity": {"ttl": 60, "max_entries": 5, "max_wait": 0.5, "load_guard": 0.25},
+            "failover": {"max_attempts": 2, "breaker_failures": 4},
+        }
+    )
+    assert (settings.queue.enabled, settings.queue.max_waiting, settings.queue.timeout) == (
+        False,
+        10,
+        2.0,
+    )
+    assert settings.affinity.max_entries == 5 and settings.affinity.load_guard == 0.25
+    assert settings.failover.max_attempts == 2 and settings.failover.breaker_failures == 4
+    assert settings.failover.breaker_backoff == 5.0  # untouched keys keep their defaults
+
+
 def test_defaults() -> None:
     settings = parse_settings({"endpoints": ["http://127.0.0.1:11434/"]})
     assert settings.endpoints[0].url == "http://127.0.0.1:11434"
@@ -135,6 +154,23 @@ api_keys:
         (
             {"endpoints": ["http://127.0.0.1:1"], "auth": {"api_keys": "k"}},
             "auth.api_keys has value 'k'",
+        ),
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "queue": {"enabled": "no"}},
+            "queue.enabled has value 'no'",
+        ),
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "queue": {"max_waiting": 0}},
+            "queue.max_waiting has value 0",
+        ),
+        ({"endpoints": ["http://127.0.0.1:1"], "queue": {"size": 3}}, "unknown key queue.size"),
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "affinity": {"max_wait": -1}},
+            "affinity.max_wait has value -1",
+        ),
+        (
+            {"endpoints": ["http://127.0.0.1:1"], "failover": {"max_attempts": 1.5}},
+            "failover.max_attempts has value 1.5",
         ),
     ],
 )
