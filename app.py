@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from backends.errors import MethodNotAllowed, ProxyError, RouteNotFound
 from backends.settings import ConfigError, Settings, default_settings, load_settings
-from routing import ollama_api
+from routing import ollama_api, openai_api
 from routing.ollama_api import JSON, services
 from routing.services import Services
 
@@ -42,7 +42,11 @@ def create_app(settings: Settings) -> Starlette:
             await svc.stop()
 
     app = Starlette(
-        routes=[*ollama_api.routes, Route("/router/status", router_status, methods=["GET"])],
+        routes=[
+            *ollama_api.routes,
+            *openai_api.routes,
+            Route("/router/status", router_status, methods=["GET"]),
+        ],
         lifespan=lifespan,
         exception_handlers={
             ProxyError: render_error,

@@ -180,6 +180,7 @@ class Prober:
                     models=listed.names,
                     tags=listed.raw,
                     version=listed.version or state.version,
+                    openai_api=listed.openai_api,
                     slots=box.ep.max_concurrent or listed.slots or state.slots,
                 )
         try:

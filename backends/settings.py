@@ -87,6 +87,8 @@ class Settings:
     queue: Queue = Queue()
     affinity: Affinity = Affinity()
     failover: Failover = Failover()
+    # A box's own model id -> the model it is the same as (one model to route).
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def slots(self, endpoint: Endpoint) -> int:
         return endpoint.max_concurrent or self.max_concurrent_connections
@@ -108,6 +110,7 @@ _TOP_KEYS = {
     "queue",
     "affinity",
     "failover",
+    "aliases",
 }
 _NOMYO_KEYS = {
     "endpoints",
@@ -160,7 +163,17 @@ def parse_settings(raw: object) -> Settings:
         queue=_parse_section(raw, "queue", Queue),
         affinity=_parse_section(raw, "affinity", Affinity),
         failover=_parse_section(raw, "failover", Failover),
+        aliases=_parse_aliases(raw.get("aliases") or {}),
     )
+
+
+def _parse_aliases(raw: object) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for own, name in _mapping(raw, "aliases").items():
+        if not isinstance(own, str) or not own or not isinstance(name, str) or not name:
+            raise ConfigError(f"aliases.{own} has value {name!r}; expected a model name")
+        pairs.append((own, name))
+    return tuple(pairs)
 
 
 def _is_nomyo(raw: Mapping[str, Any]) -> bool:

@@ -47,7 +47,16 @@ from backends.simbox_scheduler import (
     token_ids,
 )
 
-__all__ = ["Faults", "SimBox", "SimConfig", "SimStats", "main", "parse_keep_alive"]
+__all__ = [
+    "BUSY",
+    "Faults",
+    "SimBox",
+    "SimConfig",
+    "SimStats",
+    "main",
+    "normalize",
+    "parse_keep_alive",
+]
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 _FAULT_POLL_S = 0.01  # how often a hanging fault looks whether it was switched off

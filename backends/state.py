@@ -28,6 +28,12 @@ def canonical_model(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+def model_key(name: str, aliases: Mapping[str, str]) -> str:
+    """The one routing key of a model: the config's alias for it (``aliases`` is keyed by
+    canonical names), else its canonical name."""
+    return canonical_model(aliases.get(canonical_model(name), name))
+
+
 @dataclass(frozen=True, slots=True)
 class BoxState:
     name: str
@@ -44,6 +50,7 @@ class BoxState:
     tags: tuple[Mapping[str, Any], ...] = ()  # raw /api/tags entries, for merging
     running: tuple[Mapping[str, Any], ...] = ()  # raw /api/ps entries, for merging
     breaker: BreakerState = BreakerState.CLOSED
+    openai_api: bool | None = None  # an Ollama box also serves OpenAI's /v1 (None: unknown)
 
     @property
     def routable(self) -> bool:

@@ -9,8 +9,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from backends.relay import Outbound
 from backends.state import Fleet, canonical_model
+from backends.translate_models import find_tag
+from backends.translate_models import show as show_card
+from backends.translate_plans import for_ollama_client
 from routing.affinity import conversation_key
 from routing.body import read_json, require_model
 from routing.services import Services
@@ -38,7 +40,16 @@ async def inference(request: Request) -> Any:
 
 
 async def show(request: Request) -> Any:
-    """Model details: any box that has the model can answer; takes no slot."""
+    """Model details: any Ollama box that has the model can answer; takes no slot. A
+    model only other kinds of box serve gets a minimal answer from its card."""
+    _, doc = await read_json(request)
+    svc = services(request)
+    key = svc.model_key(require_model(doc, "model" if "model" in doc else "name"))
+    fleet = svc.prober.fleet
+    if not any(b.kind == "ollama" and b.routable and key in b.models for b in fleet.boxes):
+        tag = next((t for b in fleet.boxes if b.routable and (t := find_tag(b, key))), None)
+        if tag is not None:
+            return JSON(show_card(tag))
     return await _forward(request, slot=False)
 
 
@@ -51,11 +62,14 @@ async def _forward(request: Request, *, slot: bool) -> Any:
     conversation = None
     if path in ("/api/chat", "/api/generate"):
         conversation = conversation_key(model, doc, request.headers.get("x-session-id"))
-    req = svc.dispatcher.request(canonical_model(model), conversation=conversation)
+    key = svc.model_key(model)
+    routed = for_ollama_client(path, body, doc, model, key)
+    routed.check(svc.prober.fleet, key)
+    req = svc.dispatcher.request(key, conversation=conversation, kinds=routed.kinds)
     return await svc.exchange(
         req,
         model,
-        plan=lambda box: Outbound(path, body),
+        plan=routed.plan,
         headers=request.headers,
         path=path,
         slot=slot,

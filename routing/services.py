@@ -14,7 +14,7 @@ from backends.errors import BadRequest
 from backends.prober import Prober
 from backends.relay import Exchange, Outbound, Outcome, Target
 from backends.settings import Settings
-from backends.state import BoxState
+from backends.state import BoxState, canonical_model, model_key
 from backends.upstream import Upstream
 from routing.choose import Request
 from routing.dispatch import Dispatcher
@@ -31,6 +31,7 @@ class Services:
     def __init__(self, settings: Settings, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.endpoints = {ep.name: ep for ep in settings.endpoints}
+        self.aliases = {canonical_model(own): name for own, name in settings.aliases}
         self.upstream = Upstream(settings.timeouts)
         self.board = StatusBoard(
             lambda: self.prober.fleet,
@@ -38,8 +39,14 @@ class Services:
             lambda: self.dispatcher.queue_status(),
         )
         self.ledger = Ledger(on_change=self.board.changed)
-        self.prober = Prober(settings, self.upstream, adapters(), on_change=self._fleet_changed)
+        self.prober = Prober(
+            settings, self.upstream, adapters(self.aliases), on_change=self._fleet_changed
+        )
         self.dispatcher = Dispatcher(settings, self.ledger, self.prober, rng or random.Random())
+
+    def model_key(self, name: str) -> str:
+        """The routing key of the model a client asked for (aliases applied)."""
+        return model_key(name, self.aliases)
 
     def _fleet_changed(self) -> None:
         self.board.changed()
@@ -80,7 +87,11 @@ class Services:
                 picked = await self.dispatcher.resolve(again, display_name)
                 return None, self.target(picked.box.name, plan)
             lease = await self.dispatcher.acquire(again, display_name, priority)
-            return lease, self.target(lease.box, plan)
+            try:
+                return lease, self.target(lease.box, plan)
+            except BaseException:
+                lease.release()  # a plan that cannot be made for this box holds no slot
+                raise
 
         def done(outcome: Outcome) -> None:
             self._done(outcome)

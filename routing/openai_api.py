@@ -1,0 +1,102 @@
+"""OpenAI's API, served for every box: chat completions, completions and embeddings are
+routed holding a slot, like Ollama's inference routes; ``/v1/models`` is every box's
+models merged. A box that speaks OpenAI's API gets the client's bytes; other Ollama
+boxes get a translation (``backends.translate_plans``). Errors are OpenAI's shape (the
+app's error handler renders by path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from backends.errors import BadRequest, ModelNotFound
+from backends.state import Fleet
+from backends.translate_models import openai_models
+from backends.translate_plans import for_openai_client
+from routing.affinity import conversation_key
+from routing.body import require_model
+from routing.ollama_api import JSON, services
+from routing.services import Services
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+
+
+async def inference(request: Request) -> Any:
+    path = request.url.path
+    body, doc = await read_body(request, path)
+    model = require_model(doc)
+    svc = services(request)
+    key = svc.model_key(model)
+    routed = for_openai_client(path, body, doc, model, key)
+    routed.check(svc.prober.fleet, key)
+    conversation = None
+    if path != EMBEDDINGS:
+        conversation = conversation_key(model, doc, request.headers.get("x-session-id"))
+    req = svc.dispatcher.request(key, conversation=conversation, kinds=routed.kinds)
+    return await svc.exchange(
+        req,
+        model,
+        plan=routed.plan,
+        headers=request.headers,
+        path=path,
+        conversation=conversation,
+    )
+
+
+async def read_body(request: Request, path: str) -> tuple[bytes, dict[str, Any]]:
+    """The client's bytes (forwarded as they came) and the object they hold, checked only
+    where routing or translation depends on it."""
+    body = await request.body()
+    if not body:
+        raise BadRequest("missing request body")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadRequest("the request body must be a JSON object")
+    if doc.get("stream") is not None and not isinstance(doc["stream"], bool):
+        raise BadRequest("stream must be a boolean")
+    if path == CHAT and not isinstance(doc.get("messages"), list):
+        raise BadRequest("messages must be an array")
+    if path == COMPLETIONS and "prompt" not in doc:
+        raise BadRequest("prompt is required")
+    if path == EMBEDDINGS and "input" not in doc:
+        raise BadRequest("input is required")
+    return body, doc
+
+
+async def models(request: Request) -> Response:
+    return JSON({"object": "list", "data": openai_models(services(request).prober.fleet.boxes)})
+
+
+async def model(request: Request) -> Response:
+    asked = request.path_params["model"]
+    svc = services(request)
+    key = svc.model_key(asked)
+    entry = _find(svc.prober.fleet, key, svc)
+    if entry is None:
+        await svc.prober.refresh_models()  # a model pulled since the last probe
+        entry = _find(svc.prober.fleet, key, svc)
+    if entry is None:
+        raise ModelNotFound(f"The model '{asked}' does not exist")
+    return JSON({**entry, "id": asked})
+
+
+def _find(fleet: Fleet, key: str, svc: Services) -> dict[str, Any] | None:
+    return next((m for m in openai_models(fleet.boxes) if svc.model_key(m["id"]) == key), None)
+
+
+routes: list[BaseRoute] = [
+    Route(CHAT, inference, methods=["POST"]),
+    Route(COMPLETIONS, inference, methods=["POST"]),
+    Route(EMBEDDINGS, inference, methods=["POST"]),
+    Route("/v1/models", models, methods=["GET"]),
+    Route("/v1/models/{model:path}", model, methods=["GET"]),
+]
