@@ -1,18 +1,13 @@
 """Which box serves a request: a pure function over an immutable snapshot.
 
-The card's order: a box with the model **loaded and a free slot**, then any box with the
-model and a **free slot**, then the **least saturated** (in_use / slots). Within a tier:
-
-- healthy before degraded (a box whose breaker is half-open ranks as its probes say:
-  its next requests are the trial, and a failure there is retried elsewhere);
-- the conversation's box (affinity), unless it is busier than the least busy candidate of
-  its tier by more than the load guard;
-- for a model loaded nowhere: the box already loading it (no second load while one box's
-  slots still cover the demand), then — with priority routing — config priority, then
-  the box where loading costs least (fewest models busy there, fewest requests in flight);
-- the less busy box; then an injected random tie-breaker, so equal boxes share the load.
-
-Nothing here sends a request to a box that cannot serve the model.
+``rank()`` keeps the boxes that can serve the model now (healthy, breaker not open, not
+excluded by this request's failures or route, not cooling down after a 429, under their
+rate limits) and orders them by the request's strategy (``routing.policies``). The
+default is the card's order: a box with the model **loaded and a free slot**, then any
+box with the model and a **free slot**, then the **least saturated** (in_use / slots);
+health, affinity, priority, load cost and observed speed only order boxes within a tier.
+Randomness comes in as an argument, so equal boxes share load evenly and tests stay
+deterministic.
 """
 
 from __future__ import annotations
@@ -21,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from backends.state import BoxState, Fleet, Health, Usage
+from backends.state import BoxState, Fleet, Usage
+from routing.policies import NO_SIGNALS, POLICIES, Context, Signals
 
 
 class Tier(IntEnum):
@@ -41,6 +37,10 @@ class Candidate:
     def load(self) -> float:
         return self.in_use / self.box.slots
 
+    @property
+    def weight(self) -> float:
+        return self.box.weight
+
     def describe(self) -> str:
         state = "model loaded" if self.loaded else "model not loaded"
         return f"{self.box.name}: {state}, {self.in_use}/{self.box.slots} slots"
@@ -54,6 +54,7 @@ class Request:
     exclude: frozenset[str] = frozenset()  # boxes that already failed this request
     kinds: frozenset[str] | None = None  # box kinds that can serve this route; None: all
     load_guard: float = 0.5  # how much busier than the rest the affinity box may be
+    strategy: str = "default"  # a key of routing.policies.POLICIES
 
 
 class NoRoute(IntEnum):
@@ -61,26 +62,38 @@ class NoRoute(IntEnum):
     NO_HEALTHY_BOX = 1  # boxes advertise it but none is reachable now
 
 
-def rank(fleet: Fleet, usage: Usage, req: Request, rand: Callable[[], float]) -> list[Candidate]:
+def rank(
+    fleet: Fleet,
+    usage: Usage,
+    req: Request,
+    rand: Callable[[], float],
+    signals: Signals = NO_SIGNALS,
+) -> list[Candidate]:
     """Every box that can serve ``req.model`` now, best first."""
-    candidates = [c for box in fleet.boxes if (c := _candidate(box, usage, req)) is not None]
+    candidates = [
+        c for box in fleet.boxes if (c := _candidate(box, usage, req, signals)) is not None
+    ]
     if not candidates:
         return []
-    lightest = {
-        tier: min(c.load for c in candidates if c.tier == tier)
-        for tier in Tier
-        if any(c.tier == tier for c in candidates)
-    }
+    lightest: dict[int, float] = {}
+    for c in candidates:
+        lightest[c.tier] = min(c.load, lightest.get(c.tier, c.load))
     busy = _busy_by_box(usage) if any(c.tier is Tier.FREE for c in candidates) else {}
-    keyed = [(_key(c, req, lightest[c.tier], busy, rand()), c) for c in candidates]
+    ctx = Context(req, signals, lightest, busy, len(fleet.boxes))
+    policy = POLICIES[req.strategy]
+    keyed = [(policy(c, ctx, rand()), c) for c in candidates]
     keyed.sort(key=lambda pair: pair[0])
     return [c for _, c in keyed]
 
 
 def choose(
-    fleet: Fleet, usage: Usage, req: Request, rand: Callable[[], float]
+    fleet: Fleet,
+    usage: Usage,
+    req: Request,
+    rand: Callable[[], float],
+    signals: Signals = NO_SIGNALS,
 ) -> Candidate | NoRoute:
-    ranked = rank(fleet, usage, req, rand)
+    ranked = rank(fleet, usage, req, rand, signals)
     if ranked:
         return ranked[0]
     return no_route(fleet, req)
@@ -90,8 +103,10 @@ def no_route(fleet: Fleet, req: Request) -> NoRoute:
     return NoRoute.NO_HEALTHY_BOX if fleet.knows(req.model) else NoRoute.UNKNOWN_MODEL
 
 
-def _candidate(box: BoxState, usage: Usage, req: Request) -> Candidate | None:
+def _candidate(box: BoxState, usage: Usage, req: Request, signals: Signals) -> Candidate | None:
     if not box.routable or req.model not in box.models or box.name in req.exclude:
+        return None
+    if box.name in signals.cooling or signals.utilisation.get(box.name, 0.0) >= 1.0:
         return None
     if req.kinds is not None and box.kind not in req.kinds:
         return None
@@ -111,24 +126,3 @@ def _busy_by_box(usage: Usage) -> dict[str, tuple[int, int]]:
         models, requests = busy.get(box, (0, 0))
         busy[box] = (models + 1, requests + n)
     return busy
-
-
-def _key(
-    c: Candidate,
-    req: Request,
-    lightest: float,
-    busy: dict[str, tuple[int, int]],
-    tie: float,
-) -> tuple[float, ...]:
-    box = c.box
-    health = 0 if box.health is Health.HEALTHY else 1
-    order = (box.priority, box.index) if req.priority_routing else (0, 0)
-    sticky = 0 if box.name == req.affinity and c.load - lightest <= req.load_guard else 1
-    if c.tier is Tier.SATURATED:
-        # Least saturated first: a shorter queue beats priority and affinity.
-        return (c.tier, c.load, health, *order, sticky, tie)
-    if c.tier is Tier.FREE:
-        loading_here = 0 if c.in_use > 0 else 1
-        models_busy, in_flight = busy.get(box.name, (0, 0))
-        return (c.tier, health, sticky, loading_here, *order, models_busy, in_flight, c.load, tie)
-    return (c.tier, health, sticky, *order, c.load, tie)

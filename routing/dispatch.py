@@ -3,26 +3,36 @@
 ``acquire`` runs ``rank()`` under the ledger's lock and reserves the best box with a free
 slot. When no box has one, the request waits in the waiting room (unless the room is
 switched off: then the least saturated box takes it, as the card's last step says) and
-``drain`` places waiting requests whenever a slot frees or the fleet changes. A
-conversation whose box is busy may wait a short, bounded time for that box (affinity);
-an unknown model triggers one coalesced refresh of model lists before the 404.
+``drain`` places waiting requests whenever a slot frees, the fleet changes or a box's
+rate budget frees; within a priority class the user served least lately goes first (fair
+share), and no user may hold more than their share of the room. A conversation whose box
+is busy may wait a short, bounded time for that box (affinity); an unknown model
+triggers one coalesced refresh of model lists before the 404. Every reservation carries
+its reason (``routing.explain``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from backends.errors import ModelNotFound, NoCapacity
+from backends.errors import ModelNotFound, NoCapacity, TooManyRequests
 from backends.prober import Prober
 from backends.settings import Settings
 from backends.state import Usage
 from routing.affinity import AffinityTable
 from routing.choose import Candidate, NoRoute, Request, Tier, choose, no_route, rank
+from routing.explain import explain, route_reason
 from routing.ledger import Lease, Ledger
-from routing.waiting import PRIORITIES, Waiter, WaitingRoom
+from routing.policies import Signals
+from routing.traffic import Traffic
+from routing.waiting import Ticket, Waiter, WaitingRoom
+
+log = logging.getLogger("ollamux.routing")
+NORMAL = Ticket()
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +48,7 @@ class Dispatcher:
         self._rng = rng
         self.room = WaitingRoom(settings.queue.max_waiting)
         self.affinity = AffinityTable(settings.affinity.ttl, settings.affinity.max_entries)
+        self.traffic = Traffic(settings, on_free=self.drain)
         ledger.on_release = self.drain
 
     def request(
@@ -56,7 +67,16 @@ class Dispatcher:
             priority_routing=self._settings.priority_routing,
             kinds=kinds,
             load_guard=self._settings.affinity.load_guard,
+            strategy=self._settings.routing.strategy,
         )
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A config reload: new rules from the next decision on; waiters keep waiting."""
+        self._settings = settings
+        self.room.max_waiting = settings.queue.max_waiting
+        self.affinity.resize(settings.affinity.ttl, settings.affinity.max_entries)
+        self.traffic.reconfigure(settings)
+        self.drain()
 
     def remember(self, conversation: str, box: str) -> None:
         if self._settings.conversation_affinity:
@@ -64,7 +84,14 @@ class Dispatcher:
 
     def pick(self, req: Request) -> Candidate | NoRoute:
         """The box that would serve ``req`` now, without reserving a slot."""
-        return choose(self._prober.fleet, self._ledger.usage, req, self._rng.random)
+        signals = self.traffic.signals(_now())
+        return choose(self._prober.fleet, self._ledger.usage, req, self._rng.random, signals)
+
+    def explain(self, req: Request) -> dict[str, Any]:
+        """What would be chosen for ``req`` now and why; reserves and sends nothing."""
+        signals = self.traffic.signals(_now())
+        queueing = self._settings.queue.enabled
+        return explain(self._prober.fleet, self._ledger.usage, req, signals, queueing)
 
     async def resolve(self, req: Request, display_name: str) -> Candidate:
         """Like ``acquire`` for requests that take no slot (``/api/show``)."""
@@ -76,21 +103,30 @@ class Dispatcher:
             return picked
         raise no_route_error(picked, display_name)
 
-    async def acquire(self, req: Request, display_name: str, priority: str = "normal") -> Lease:
+    async def acquire(self, req: Request, display_name: str, ticket: Ticket = NORMAL) -> Lease:
         """Reserve a slot on the best box for ``req``, waiting for one if need be."""
-        result = await self._ledger.lease(lambda usage: self._decide(req, usage))
+        ranked: list[list[Candidate]] = [[]]
+
+        def decide(usage: Usage) -> tuple[str, str] | NoRoute | Wait:
+            ranked[0] = rank(self._prober.fleet, usage, req, self._rng.random, self._signals())
+            return self._decide(req, ranked[0])
+
+        result = await self._ledger.lease(decide)
         if result is NoRoute.UNKNOWN_MODEL:
             await self._prober.refresh_models()
-            result = await self._ledger.lease(lambda usage: self._decide(req, usage))
+            result = await self._ledger.lease(decide)
         if isinstance(result, Lease):
+            self._placed(result, ranked[0], ticket, None)
             return result
         if isinstance(result, NoRoute):
             raise no_route_error(result, display_name)
         assert isinstance(result, Wait)
-        return await self._wait(req, display_name, PRIORITIES[priority], result.pin)
+        return await self._wait(req, display_name, ticket, result.pin)
 
-    def _decide(self, req: Request, usage: Usage) -> tuple[str, str] | NoRoute | Wait:
-        ranked = rank(self._prober.fleet, usage, req, self._rng.random)
+    def _signals(self) -> Signals:
+        return self.traffic.signals(_now())
+
+    def _decide(self, req: Request, ranked: list[Candidate]) -> tuple[str, str] | NoRoute | Wait:
         if not ranked:
             return no_route(self._prober.fleet, req)
         best = ranked[0]
@@ -99,6 +135,16 @@ class Dispatcher:
         if pin is None and (best.tier is not Tier.SATURATED or not queueing):
             return (best.box.name, req.model)
         return Wait(pin)
+
+    def _placed(
+        self, lease: Lease, ranked: list[Candidate], ticket: Ticket, waited: float | None
+    ) -> None:
+        now = _now()
+        chosen = next((i for i, c in enumerate(ranked) if c.box.name == lease.box), 0)
+        order = [ranked[chosen], *ranked[:chosen], *ranked[chosen + 1 :]]
+        lease.reason = route_reason(order, self._settings.routing.strategy, waited)
+        log.debug("%s for %s: %s", lease.box, ticket.user, lease.reason)
+        self.traffic.placed(lease.box, ticket, now)
 
     def _pin(self, req: Request, ranked: list[Candidate]) -> str | None:
         """The conversation's box, if it has the model loaded but no free slot and is not
@@ -111,15 +157,25 @@ class Dispatcher:
             return None
         return mine.box.name if mine.load - ranked[0].load <= req.load_guard else None
 
-    async def _wait(self, req: Request, display_name: str, priority: int, pin: str | None) -> Lease:
+    async def _wait(
+        self, req: Request, display_name: str, ticket: Ticket, pin: str | None
+    ) -> Lease:
         if self.room.full:
             raise NoCapacity(
                 f'too many requests waiting; no free slot for model "{display_name}"',
                 retry_after=5,
             )
+        share = self._settings.fairness.max_waiting_share
+        if self._settings.fairness.enabled:
+            most = max(1, int(self.room.max_waiting * share))
+            if self.room.waiting_for(ticket.user) >= most:
+                raise TooManyRequests(
+                    f'user "{ticket.user}" already has {most} requests waiting, '
+                    f"their share of the waiting room"
+                )
         loop = asyncio.get_running_loop()
         now = loop.time()
-        waiter = Waiter(req, priority, now, loop.create_future())
+        waiter = Waiter(req, ticket, now, loop.create_future())
         if pin is not None:
             waiter.pin, waiter.pin_until = pin, now + self._settings.affinity.max_wait
         deadline = now + self._settings.queue.timeout
@@ -161,28 +217,42 @@ class Dispatcher:
         interleave: it is atomic like a reservation under the ledger's lock."""
         if not self.room.size:
             return
-        now = asyncio.get_running_loop().time()
+        now = _now()
         for queue in self.room.in_order():
-            for waiter in queue:
+            for waiter in self._fair_order(queue, now):
                 if waiter.future.done():
                     self.room.remove(waiter)
                     continue
                 pin = waiter.pin if waiter.pin and now < waiter.pin_until else None
-                box = self._free_box(waiter.req, pin)
-                if box is None:
+                ranked = self._free_ranked(waiter.req, pin)
+                if not ranked:
                     if pin is not None:
                         continue  # later waiters of this model may take other boxes
                     break  # the same model's later waiters would not fit either
                 self.room.remove(waiter)
-                waiter.future.set_result(self._ledger.reserve(box, waiter.req.model))
+                lease = self._ledger.reserve(ranked[0].box.name, waiter.req.model)
+                self._placed(lease, ranked, waiter.ticket, now - waiter.enqueued)
+                waiter.future.set_result(lease)
+        if self.room.size:
+            self.traffic.rearm(now)
 
-    def _free_box(self, req: Request, pin: str | None) -> str | None:
-        ranked = rank(self._prober.fleet, self._ledger.usage, req, self._rng.random)
+    def _fair_order(self, queue: list[Waiter], now: float) -> list[Waiter]:
+        """Within a priority class, the user served least lately first (then arrival)."""
+        if not self._settings.fairness.enabled or len(queue) < 2:
+            return queue
+        service = self.traffic.fair.service
+        return sorted(queue, key=lambda w: (w.ticket.priority, service(w.ticket.user, now), w.seq))
+
+    def _free_ranked(self, req: Request, pin: str | None) -> list[Candidate]:
+        """The ranking for ``req`` if its best box has a free slot now, else empty."""
+        ranked = rank(
+            self._prober.fleet, self._ledger.usage, req, self._rng.random, self._signals()
+        )
         if pin is not None:
             ranked = [c for c in ranked if c.box.name == pin]
         if ranked and ranked[0].tier is not Tier.SATURATED:
-            return ranked[0].box.name
-        return None
+            return ranked
+        return []
 
     def queue_status(self) -> dict[str, Any]:
         oldest = self.room.oldest()
@@ -193,7 +263,19 @@ class Dispatcher:
             "by_model": self.room.by_model(),
             "max_waiting": self.room.max_waiting,
             "enabled": self._settings.queue.enabled,
+            "users": self.users(),
         }
+
+    def users(self) -> list[dict[str, Any]]:
+        """Each user's recent service (weighted tokens) and requests waiting now."""
+        now = _now()
+        service = self.traffic.fair.users(now)
+        waiting = self.room.by_user()
+        names = sorted(service.keys() | waiting.keys(), key=lambda u: -service.get(u, 0.0))
+        return [
+            {"user": u, "service": round(service.get(u, 0.0), 1), "waiting": waiting.get(u, 0)}
+            for u in names
+        ]
 
     def excluding(self, req: Request, failed: frozenset[str]) -> Request:
         return replace(req, exclude=req.exclude | failed)

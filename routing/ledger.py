@@ -19,12 +19,13 @@ T = TypeVar("T")
 
 
 class Lease:
-    __slots__ = ("_ledger", "box", "model", "released")
+    __slots__ = ("_ledger", "box", "model", "reason", "released")
 
     def __init__(self, ledger: Ledger, box: str, model: str) -> None:
         self._ledger = ledger
         self.box = box
         self.model = model
+        self.reason = ""  # why this box: the X-Ollamux-Route header
         self.released = False
 
     def release(self) -> None:

@@ -2,8 +2,9 @@
 of in one box's queue, and are placed the moment a slot frees anywhere (late binding).
 
 Order: per model, by priority class (``X-Priority: high|normal|low``), then first come,
-first served. Across models, the model whose head has waited longest goes first. The
-room only keeps order; the dispatcher decides placements.
+first served (the dispatcher may reorder a class by each user's recent service: fair
+share). Across models, the model whose head has waited longest goes first. The room
+only keeps order and counts; the dispatcher decides placements.
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ from routing.choose import Request
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
 
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Who asks and how urgently: what orders the waiting room besides arrival."""
+
+    user: str = "anonymous"
+    priority: int = PRIORITIES["normal"]
+    cost: int = 1  # estimated prompt tokens, counted as service when placed
+
+
 @dataclass(eq=False)
 class Waiter:
     req: Request
-    priority: int
+    ticket: Ticket
     enqueued: float
     future: asyncio.Future[Any]
     pin: str | None = None  # the conversation's box, waited for until pin_until
@@ -32,7 +42,7 @@ class Waiter:
 
     @property
     def rank(self) -> tuple[int, int]:
-        return (self.priority, self.seq)
+        return (self.ticket.priority, self.seq)
 
 
 @dataclass
@@ -40,6 +50,7 @@ class WaitingRoom:
     max_waiting: int
     _queues: dict[str, list[Waiter]] = field(default_factory=dict)
     _seq: Iterator[int] = field(default_factory=count)
+    _users: dict[str, int] = field(default_factory=dict)
     size: int = 0
 
     @property
@@ -51,6 +62,8 @@ class WaitingRoom:
         queue = self._queues.setdefault(waiter.req.model, [])
         bisect.insort(queue, waiter, key=lambda w: w.rank)
         self.size += 1
+        user = waiter.ticket.user
+        self._users[user] = self._users.get(user, 0) + 1
 
     def remove(self, waiter: Waiter) -> None:
         queue = self._queues.get(waiter.req.model)
@@ -58,6 +71,10 @@ class WaitingRoom:
             return
         queue.remove(waiter)
         self.size -= 1
+        user = waiter.ticket.user
+        self._users[user] -= 1
+        if not self._users[user]:
+            del self._users[user]
         if not queue:
             del self._queues[waiter.req.model]
 
@@ -68,6 +85,12 @@ class WaitingRoom:
 
     def oldest(self) -> float | None:
         return min((w.enqueued for q in self._queues.values() for w in q), default=None)
+
+    def waiting_for(self, user: str) -> int:
+        return self._users.get(user, 0)
+
+    def by_user(self) -> dict[str, int]:
+        return dict(self._users)
 
     def by_model(self) -> dict[str, int]:
         return {model: len(q) for model, q in self._queues.items()}

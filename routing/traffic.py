@@ -1,0 +1,108 @@
+"""What traffic has shown, kept between decisions: fair share per user, each box's rate
+budget and cooldown, observed speeds, and the round-robin position. ``signals()`` hands
+``rank()`` an immutable view of it for one decision."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import MappingProxyType
+
+from backends.accounting import Counts
+from backends.settings import Settings
+from routing.fairness import FairShare
+from routing.latency import Speeds
+from routing.limits import BoxLimits
+from routing.policies import Signals
+from routing.waiting import Ticket
+
+
+class Traffic:
+    def __init__(self, settings: Settings, on_free: Callable[[], None]) -> None:
+        fair = settings.fairness
+        self.fair = FairShare(fair.window, fair.input_weight, fair.output_weight)
+        self.limits = {
+            ep.name: BoxLimits(ep.name, ep.rpm_limit, ep.tpm_limit) for ep in settings.endpoints
+        }
+        self.speeds = Speeds()
+        self.turn = 0
+        self._limited = [b for b in self.limits.values() if b.limited]
+        self._cooling: set[str] = set()
+        self._on_free = on_free
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A config reload: budgets for new or changed limits; counts kept where same."""
+        fair = settings.fairness
+        self.fair.retune(fair.window, fair.input_weight, fair.output_weight)
+        limits = {}
+        for ep in settings.endpoints:
+            old = self.limits.get(ep.name)
+            same = old is not None and (old.rpm, old.tpm) == (ep.rpm_limit, ep.tpm_limit)
+            limits[ep.name] = (
+                old if same and old else BoxLimits(ep.name, ep.rpm_limit, ep.tpm_limit)
+            )
+        self.limits = limits
+        self._limited = [b for b in limits.values() if b.limited]
+        self._cooling &= limits.keys()
+
+    def signals(self, now: float) -> Signals:
+        utilisation = {b.name: b.utilisation(now) for b in self._limited}
+        cooling = frozenset(n for n in self._cooling if self.limits[n].cooling_until > now)
+        self._cooling &= cooling
+        return Signals(MappingProxyType(utilisation), cooling, self.speeds.view, self.turn)
+
+    def placed(self, box: str, ticket: Ticket, now: float) -> None:
+        self.turn += 1
+        self.fair.placed(ticket.user, ticket.cost, now)
+        limits = self.limits.get(box)
+        if limits is not None and limits.limited:
+            limits.sent(now)
+            if limits.utilisation(now) >= 1.0:
+                self._wake_at(box, limits.frees_at(now))
+
+    def finished(
+        self, box: str, model: str, user: str, ttft: float | None, counts: Counts, now: float
+    ) -> None:
+        self.fair.finished(user, counts.output_tokens, now)
+        self.speeds.observe(box, model, ttft, counts.decode_rate)
+        limits = self.limits.get(box)
+        if limits is not None and limits.limited:
+            limits.tokens(counts.prompt_tokens + counts.output_tokens, now)
+            if limits.utilisation(now) >= 1.0:
+                self._wake_at(box, limits.frees_at(now))
+
+    def refused(self, box: str, seconds: float, now: float) -> None:
+        """The box answered 429: rest it, and look at the waiting room when it may work."""
+        limits = self.limits.get(box)
+        if limits is None:
+            return
+        limits.cool(now + seconds)
+        self._cooling.add(box)
+        self._wake_at(box, limits.cooling_until)
+
+    def rearm(self, now: float) -> None:
+        """Requests still wait: look again when a full or resting box may take them."""
+        for box in self._limited:
+            if box.utilisation(now) >= 1.0:
+                self._wake_at(box.name, box.frees_at(now))
+        for name in self._cooling:
+            self._wake_at(name, self.limits[name].cooling_until)
+
+    def _wake_at(self, box: str, when: float | None) -> None:
+        """Drain the waiting room when this box's budget frees (one timer per box)."""
+        if when is None:
+            return
+        loop = asyncio.get_running_loop()
+        old = self._timers.get(box)
+        pending = old is not None and not old.cancelled() and old.when() > loop.time()
+        if pending and old is not None and old.when() <= when + 0.001:
+            return
+        if old is not None:
+            old.cancel()
+        self._timers[box] = loop.call_at(when + 0.001, self._on_free)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
