@@ -56,6 +56,14 @@ class Breaker:
             return True
         return False
 
+    def recovered(self) -> bool:
+        """The box came back (a probe reached it after it was down): try it now rather
+        than wait out the backoff; True if the state changed."""
+        if self.state is BreakerState.OPEN:
+            self.state = BreakerState.HALF_OPEN
+            return True
+        return False
+
     def reopens_in(self, now: float) -> float | None:
         if self.state is not BreakerState.OPEN:
             return None

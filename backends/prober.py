@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from backends.adapters import Adapter
 from backends.breaker import Breaker
@@ -41,6 +42,11 @@ class _Box:
         self.breaker = breaker
         self.failures = 0
         self.models_at = -float("inf")
+        # Probes are numbered as they start; of two that overlap, the older one's reading
+        # must not replace the newer one's (loaded models and model lists apart).
+        self.probes = 0
+        self.newest_loaded = -1
+        self.newest_models = -1
         self.wake = asyncio.Event()
 
 
@@ -54,43 +60,84 @@ class Prober:
     ) -> None:
         self._settings = settings
         self._up = upstream
+        self._adapters = adapters
         self._on_change = on_change
-        fo = settings.failover
-        self._boxes = {
-            ep.name: _Box(
-                ep,
-                adapters[ep.kind],
-                Breaker(fo.breaker_failures, fo.breaker_backoff, fo.breaker_max_backoff),
-            )
-            for ep in settings.endpoints
-        }
+        self._boxes = {ep.name: self._new_box(ep) for ep in settings.endpoints}
         self.fleet = Fleet.of(
-            tuple(
-                BoxState(
-                    name=ep.name,
-                    url=ep.url,
-                    kind=ep.kind,
-                    index=i,
-                    priority=ep.priority,
-                    slots=settings.slots(ep),
-                )
-                for i, ep in enumerate(settings.endpoints)
-            )
+            tuple(_fresh_state(settings, ep, i) for i, ep in enumerate(settings.endpoints))
         )
-        self._loops: list[asyncio.Task[None]] = []
+        self._loops: dict[str, asyncio.Task[None]] = {}
         self._refresh: asyncio.Task[None] | None = None
         self._refreshed_at = -float("inf")
 
     async def start(self) -> None:
         """Probe every box once (so the first requests route), then keep probing."""
         await asyncio.gather(*(self.tick(name, models=True) for name in self._boxes))
-        self._loops = [asyncio.create_task(self._loop(name)) for name in self._boxes]
+        self._loops = {name: asyncio.create_task(self._loop(name)) for name in self._boxes}
 
     async def stop(self) -> None:
-        for task in self._loops:
+        for task in self._loops.values():
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        self._loops = []
+        await asyncio.gather(*self._loops.values(), return_exceptions=True)
+        self._loops = {}
+
+    def _new_box(self, ep: Endpoint) -> _Box:
+        fo = self._settings.failover
+        breaker = Breaker(fo.breaker_failures, fo.breaker_backoff, fo.breaker_max_backoff)
+        return _Box(ep, self._adapters[ep.kind], breaker)
+
+    def set_draining(self, name: str, draining: bool) -> None:
+        """A draining box takes no new requests; those in flight finish."""
+        state = self.fleet.by_name[name]
+        if state.draining != draining:
+            log.info("box %s %s", name, "draining" if draining else "resumed")
+            self._publish(replace(state, draining=draining))
+
+    def reconfigure(self, settings: Settings, adapters: Mapping[Kind, Adapter]) -> list[str]:
+        """Take a new config: boxes added start probing, changed ones are updated (and
+        re-probed when their URL or kind changed), removed ones drain. Returns the names
+        of the removed boxes, for the caller to ``remove`` once their requests are done."""
+        self._settings, self._adapters = settings, adapters
+        states = []
+        for i, ep in enumerate(settings.endpoints):
+            box, old = self._boxes.get(ep.name), self.fleet.by_name.get(ep.name)
+            if box is None or old is None:
+                self._boxes[ep.name] = self._new_box(ep)
+                states.append(_fresh_state(settings, ep, i))
+                if self._loops:
+                    self._loops[ep.name] = asyncio.create_task(self._loop(ep.name))
+                    self._boxes[ep.name].wake.set()
+                continue
+            moved = (box.ep.url, box.ep.kind) != (ep.url, ep.kind)
+            box.ep, box.adapter = ep, self._adapters[ep.kind]
+            state = _fresh_state(settings, ep, i) if moved else old
+            states.append(
+                replace(
+                    state,
+                    index=i,
+                    priority=ep.priority,
+                    weight=ep.weight,
+                    slots=ep.max_concurrent or (old.slots if not moved else settings.slots(ep)),
+                    draining=False,
+                )
+            )
+            if moved:
+                box.wake.set()
+        names = {ep.name for ep in settings.endpoints}
+        removed = [b.name for b in self.fleet.boxes if b.name not in names]
+        states += [replace(self.fleet.by_name[n], draining=True) for n in removed]
+        self.fleet = Fleet.of(tuple(states))
+        self._on_change()
+        return removed
+
+    def remove(self, name: str) -> None:
+        """Forget a box (removed from the config and drained)."""
+        task = self._loops.pop(name, None)
+        if task is not None:
+            task.cancel()
+        self._boxes.pop(name, None)
+        self.fleet = Fleet.of(tuple(b for b in self.fleet.boxes if b.name != name))
+        self._on_change()
 
     def report(self, name: str, ok: bool) -> None:
         """What traffic saw of a box: feeds its circuit breaker."""
@@ -109,8 +156,8 @@ class Prober:
             asyncio.get_running_loop().call_later(wait, self._half_open, name)
 
     def _half_open(self, name: str) -> None:
-        box = self._boxes[name]
-        if box.breaker.tick(time.monotonic()):
+        box = self._boxes.get(name)
+        if box is not None and box.breaker.tick(time.monotonic()):
             self._publish(replace(self.fleet.by_name[name], breaker=box.breaker.state))
 
     def _publish(self, state: BoxState) -> None:
@@ -130,9 +177,13 @@ class Prober:
             self._refresh = asyncio.create_task(self._refresh_all())
         await asyncio.shield(self._refresh)
 
+    async def refresh_all(self) -> None:
+        """Probe every box now, model lists included (the admin API's refresh)."""
+        await asyncio.gather(*(self.tick(name, models=True) for name in list(self._boxes)))
+
     async def _refresh_all(self) -> None:
         try:
-            await asyncio.gather(*(self.tick(name, models=True) for name in self._boxes))
+            await self.refresh_all()
         finally:
             self._refreshed_at = time.monotonic()
             self._refresh = None
@@ -154,13 +205,43 @@ class Prober:
 
     async def tick(self, name: str, *, models: bool) -> None:
         """One probe of one box; publishes the new state if anything changed."""
-        box = self._boxes[name]
-        old = self.fleet.by_name[name]
-        new = await self._probe(box, old, models)
-        # Traffic may have moved the breaker while the probe ran; it is the newer word.
-        new = replace(new, breaker=self.fleet.by_name[name].breaker)
-        if new != self.fleet.by_name[name]:
-            if new.health != old.health:
+        box = self._boxes.get(name)
+        if box is None:
+            return
+        ep, old = box.ep, self.fleet.by_name[name]
+        number, box.probes = box.probes, box.probes + 1
+        probed = await self._probe(box, old, models)
+        current = self.fleet.by_name.get(name)
+        if current is None or self._boxes.get(name) is not box or box.ep is not ep:
+            return  # removed or reconfigured meanwhile: this answer is about the past
+        # Only what the probe measured is taken: traffic (breaker) and the config (order,
+        # draining) may have moved while it ran, and theirs is the newer word. A probe that
+        # did not read the model list must not publish the one it started from, and an
+        # older probe's reading never replaces a newer one's.
+        fields: dict[str, Any] = {}
+        if number > box.newest_loaded:
+            box.newest_loaded = number
+            fields.update(
+                health=probed.health,
+                error=probed.error,
+                loaded=probed.loaded,
+                running=probed.running,
+            )
+        if probed.tags is not old.tags and number > box.newest_models:  # the list was read
+            box.newest_models = number
+            fields.update(
+                models=probed.models,
+                tags=probed.tags,
+                version=probed.version,
+                slots=probed.slots,
+                openai_api=probed.openai_api,
+            )
+        new = replace(current, **fields)
+        back = current.health is Health.DOWN and new.health is Health.HEALTHY
+        if back and box.breaker.recovered():
+            new = replace(new, breaker=box.breaker.state)
+        if new != current:
+            if new.health != current.health:
                 log.info("box %s is %s%s", name, new.health, f": {new.error}" if new.error else "")
             self._publish(new)
 
@@ -202,3 +283,15 @@ class Prober:
         never_up = old.health in (Health.UNKNOWN, Health.DOWN)
         down = never_up or box.failures >= DOWN_AFTER
         return replace(state, health=Health.DOWN if down else Health.DEGRADED, error=error)
+
+
+def _fresh_state(settings: Settings, ep: Endpoint, index: int) -> BoxState:
+    return BoxState(
+        name=ep.name,
+        url=ep.url,
+        kind=ep.kind,
+        index=index,
+        priority=ep.priority,
+        slots=settings.slots(ep),
+        weight=ep.weight,
+    )

@@ -20,7 +20,7 @@ import contextlib
 import ipaddress
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from functools import partial
@@ -29,6 +29,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from backends.simbox_http import (
+    NDJSON,
+    ApiError,
+    error_response,
+    guard,
+    json_response,
+    model_of,
+    normalize,
+    read_object,
+)
 from backends.simbox_scheduler import (
     Lease,
     QueueFull,
@@ -46,6 +56,7 @@ from backends.simbox_scheduler import (
     size_bytes,
     token_ids,
 )
+from backends.simbox_store import Store
 
 __all__ = [
     "BUSY",
@@ -63,9 +74,6 @@ _FAULT_POLL_S = 0.01  # how often a hanging fault looks whether it was switched 
 _SHUTDOWN_S = 0.1  # stop() grants in-flight requests this long before cancelling them
 _CONTEXT_LENGTH = 4096
 _MODIFIED_AT = "2025-06-01T12:00:00.000000+00:00"
-_NDJSON = {"Content-Type": "application/x-ndjson"}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -85,6 +93,7 @@ class SimConfig:
     preloaded: list[str] = field(default_factory=list)
     version: str = "0.12.6"
     embedding_dim: int = 8
+    pull_time: float = 0.0  # seconds a /api/pull of a model the box lacks takes
 
 
 @dataclass
@@ -98,13 +107,7 @@ class Faults:
     ps_fail: bool = False  # /api/ps answers 500
     tags_fail: bool = False  # /api/tags answers 500
     error_status: int | None = None  # inference answers this status
-
-
-class _ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    pull_error: str | None = None  # /api/pull fails with this error after the first layer
 
 
 class _Job:
@@ -113,7 +116,7 @@ class _Job:
     def __init__(self, body: dict[str, Any], chat: bool, started_ns: int) -> None:
         self.chat = chat
         self.started_ns = started_ns
-        self.model = _model_of(body)  # as the client spelled it; Ollama echoes it back
+        self.model = model_of(body)  # as the client spelled it; Ollama echoes it back
         self.name = normalize(self.model)
         self.stream = body.get("stream") is not False
         self.keep_alive = _keep_alive(body)
@@ -127,16 +130,11 @@ class _Job:
         try:
             prompt = chat_prompt(body) if chat else generate_prompt(body)
         except ValueError as exc:
-            raise _ApiError(400, str(exc)) from exc
+            raise ApiError(400, str(exc)) from exc
         self.prompt, self.seed, self.is_load, self.tool = prompt
 
 
 # -- names, metadata, tokens ----------------------------------------------------------
-
-
-def normalize(name: str) -> str:
-    """Ollama's rule: a name without a tag means ":latest" (the tag follows the last "/")."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def _card(name: str) -> dict[str, Any]:
@@ -171,34 +169,6 @@ def _wall(ts: float) -> str:
     return datetime.fromtimestamp(ts).astimezone().isoformat()
 
 
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        raise _ApiError(400, "missing request body")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _ApiError(400, str(exc)) from exc
-    if not isinstance(body, dict):
-        raise _ApiError(400, "request body must be a JSON object")
-    return body
-
-
-def _model_of(body: dict[str, Any], *, legacy: bool = False) -> str:
-    model = body.get("model") or (body.get("name") if legacy else None)
-    if not model or not isinstance(model, str):
-        raise _ApiError(400, "model is required")
-    return model
-
-
 # -- the box --------------------------------------------------------------------------
 
 
@@ -211,8 +181,9 @@ class SimBox:
         self.faults = Faults()
         self.url = ""
         self.port = 0
-        self._advertised: dict[str, None] = dict.fromkeys(normalize(m) for m in config.models)
         self._scheduler = Scheduler(config, self.stats)
+        # The models on "disk" and the routes that change them (pull, create, delete, ...).
+        self.store = Store(config.models, config, self.faults, self._scheduler.unload)
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> SimBox:
@@ -223,7 +194,7 @@ class SimBox:
         await self.stop()
 
     def add_model(self, name: str) -> None:
-        self._advertised[normalize(name)] = None
+        self.store.models[normalize(name)] = None
 
     def loaded_models(self) -> list[str]:
         return [m.name for m in self._scheduler.loaded()]
@@ -268,11 +239,12 @@ class SimBox:
             web.get("/api/tags", self._tags),
             web.get("/api/ps", self._ps),
             web.get("/sim/stats", self._sim_stats),
-            web.post("/api/show", _guard(self._show)),
-            web.post("/api/chat", _guard(partial(self._infer, chat=True))),
-            web.post("/api/generate", _guard(partial(self._infer, chat=False))),
-            web.post("/api/embed", _guard(partial(self._embed, legacy=False))),
-            web.post("/api/embeddings", _guard(partial(self._embed, legacy=True))),
+            web.post("/api/show", guard(self._show)),
+            web.post("/api/chat", guard(partial(self._infer, chat=True))),
+            web.post("/api/generate", guard(partial(self._infer, chat=False))),
+            web.post("/api/embed", guard(partial(self._embed, legacy=False))),
+            web.post("/api/embeddings", guard(partial(self._embed, legacy=True))),
+            *self.store.routes(),
         ]
 
     # -- metadata routes ----------------------------------------------------------
@@ -281,17 +253,17 @@ class SimBox:
         return web.Response(text="Ollama is running")
 
     async def _version(self, request: web.Request) -> web.Response:
-        return _json({"version": self.config.version})
+        return json_response({"version": self.config.version})
 
     async def _tags(self, request: web.Request) -> web.Response:
         if self.faults.tags_fail:
-            return _error(500, "simulated failure")
-        cards = [{**_card(n), "modified_at": _MODIFIED_AT} for n in self._advertised]
-        return _json({"models": cards})
+            return error_response(500, "simulated failure")
+        cards = [{**_card(n), "modified_at": _MODIFIED_AT} for n in self.store.models]
+        return json_response({"models": cards})
 
     async def _ps(self, request: web.Request) -> web.Response:
         if self.faults.ps_fail:
-            return _error(500, "simulated failure")
+            return error_response(500, "simulated failure")
         cards = [
             {
                 **_card(m.name),
@@ -301,16 +273,16 @@ class SimBox:
             }
             for m in self._scheduler.loaded()
         ]
-        return _json({"models": cards})
+        return json_response({"models": cards})
 
     async def _sim_stats(self, request: web.Request) -> web.Response:
-        return _json({**self.stats.as_dict(), "loaded": self.loaded_models()})
+        return json_response({**self.stats.as_dict(), "loaded": self.loaded_models()})
 
     async def _show(self, request: web.Request) -> web.Response:
-        model = _model_of(await _body(request), legacy=True)
+        model = model_of(await read_object(request), legacy=True)
         name = normalize(model)
-        if name not in self._advertised:
-            raise _ApiError(404, f"model '{model}' not found")
+        if name not in self.store.models:
+            raise ApiError(404, f"model '{model}' not found")
         kind = family(name)
         info = {
             "general.architecture": kind,
@@ -318,7 +290,7 @@ class SimBox:
             f"{kind}.context_length": _CONTEXT_LENGTH,
             f"{kind}.embedding_length": self.config.embedding_dim,
         }
-        return _json(
+        return json_response(
             {
                 "modelfile": f'FROM {name}\nTEMPLATE """{{{{ .Prompt }}}}"""\n'
                 f"PARAMETER num_ctx {_CONTEXT_LENGTH}\n",
@@ -339,9 +311,9 @@ class SimBox:
         faults = self.faults
         if faults.busy_503 > 0:
             faults.busy_503 -= 1
-            return _error(503, BUSY)
+            return error_response(503, BUSY)
         if faults.error_status is not None:
-            return _error(faults.error_status, "simulated failure")
+            return error_response(faults.error_status, "simulated failure")
         # Faults are plain attributes a test flips, so polling is the interface; it only
         # runs while the fault is on. The client leaving cancels the wait.
         while faults.hang_before_first_byte:  # noqa: ASYNC110
@@ -350,8 +322,8 @@ class SimBox:
 
     def _known(self, model: str) -> str:
         name = normalize(model)
-        if name not in self._advertised:
-            raise _ApiError(404, f'model "{model}" not found, try pulling it first')
+        if name not in self.store.models:
+            raise ApiError(404, f'model "{model}" not found, try pulling it first')
         return name
 
     async def _infer(self, request: web.Request, chat: bool) -> web.StreamResponse:
@@ -359,7 +331,7 @@ class SimBox:
         refusal = await self._refusal()
         if refusal is not None:
             return refusal
-        job = _Job(await _body(request), chat, started_ns)
+        job = _Job(await read_object(request), chat, started_ns)
         self._known(job.model)
         if job.is_load:
             return await self._load_or_unload(job)
@@ -367,7 +339,7 @@ class SimBox:
             async with self._scheduler.lease(job.name, job.prompt, job.keep_alive) as lease:
                 return await self._answer(request, job, lease)
         except QueueFull:
-            return _error(503, BUSY)
+            return error_response(503, BUSY)
 
     async def _load_or_unload(self, job: _Job) -> web.Response:
         if job.keep_alive == 0:
@@ -376,7 +348,7 @@ class SimBox:
         else:
             await self._scheduler.load(job.name, job.keep_alive)
             reason = "load"
-        return _json({**_head(job, ""), "done": True, "done_reason": reason})
+        return json_response({**_head(job, ""), "done": True, "done_reason": reason})
 
     async def _answer(self, request: web.Request, job: _Job, lease: Lease) -> web.StreamResponse:
         cfg = self.config
@@ -406,7 +378,7 @@ class SimBox:
         out = _final(job, reason, counts, "".join(content), generated)
         if thinking:
             (out["message"] if job.chat else out)["thinking"] = "".join(thinking)
-        return _json(out)
+        return json_response(out)
 
     def _content(self, job: _Job) -> tuple[list[str], str]:
         if job.tool is not None:
@@ -428,7 +400,7 @@ class SimBox:
         counts: dict[str, int],
         generated: list[int],
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers=_NDJSON)
+        resp = web.StreamResponse(headers=NDJSON)
         await resp.prepare(request)
         rate = self.config.tokens_per_s
         t1 = time.perf_counter_ns()
@@ -472,13 +444,13 @@ class SimBox:
         refusal = await self._refusal()
         if refusal is not None:
             return refusal
-        body = await _body(request)
-        model = _model_of(body)
+        body = await read_object(request)
+        model = model_of(body)
         name = self._known(model)
         raw = body.get("prompt" if legacy else "input")
         texts = [raw] if isinstance(raw, str) else [] if raw is None else raw
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise _ApiError(400, "input must be a string or a list of strings")
+            raise ApiError(400, "input must be a string or a list of strings")
         texts = [t for t in texts if t]
         prompt = [t for text in texts for t in token_ids(text)]
         try:
@@ -488,10 +460,10 @@ class SimBox:
                     await asyncio.sleep(uncached / self.config.prompt_tokens_per_s)
                 vectors = [embedding(t, self.config.embedding_dim) for t in texts]
         except QueueFull:
-            return _error(503, BUSY)
+            return error_response(503, BUSY)
         if legacy:
-            return _json({"embedding": vectors[0] if vectors else []})
-        return _json(
+            return json_response({"embedding": vectors[0] if vectors else []})
+        return json_response(
             {
                 "model": model,
                 "embeddings": vectors,
@@ -553,19 +525,7 @@ def _keep_alive(body: dict[str, Any]) -> float | None:
     try:
         return parse_keep_alive(body.get("keep_alive"))
     except ValueError as exc:
-        raise _ApiError(400, str(exc)) from exc
-
-
-def _guard(handler: Handler) -> Handler:
-    """Render an _ApiError in Ollama's shape; one place, not one try per handler."""
-
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except _ApiError as exc:
-            return _error(exc.status, exc.message)
-
-    return guarded
+        raise ApiError(400, str(exc)) from exc
 
 
 # -- command line ---------------------------------------------------------------------

@@ -5,7 +5,9 @@ like one, for tests and demos next to the simulated Ollama box.
   until it is, and so does every other route); the request's ``model`` is not checked.
 - Router mode (``router=True``): every listed model, loaded on demand (at most
   ``models_max`` at once, the least recently used idle one is unloaded); ``/v1/models``
-  entries carry ``status.value``; ``/props`` and ``/slots`` take ``?model=``.
+  entries carry ``status.value``; ``/props`` and ``/slots`` take ``?model=``;
+  ``POST /models/load`` and ``/models/unload`` with ``{"model": id}`` answer
+  ``{"success": true}`` (a load once the model is loaded).
 - ``n_parallel`` slots per loaded model with a FIFO queue beyond (the Ollama simulator's
   scheduler), decode at ``tokens_per_s``, usage and ``timings`` as llama-server sends them.
 
@@ -173,6 +175,9 @@ class SimLlama:
                 web.post(f"{prefix}/embeddings", self._embeddings),
             ]
         routes.append(web.get("/v1/health", self._health))
+        if self.config.router:
+            routes.append(web.post("/models/load", self._load))
+            routes.append(web.post("/models/unload", self._unload))
         return routes
 
     @web.middleware
@@ -261,6 +266,15 @@ class SimLlama:
             twins[-1]["details"] = {"format": "gguf", "family": "gemma", "families": ["gemma"]}
         return _json({"object": "list", "data": data, "models": twins})
 
+    async def _load(self, request: web.Request) -> web.Response:
+        name = self._model(_object(await request.read()))
+        await self._scheduler.load(name, -1)
+        return _json({"success": True})
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        self._scheduler.unload(self._model(_object(await request.read())))
+        return _json({"success": True})
+
     # -- inference --------------------------------------------------------------------
 
     async def _doc(self, request: web.Request) -> dict[str, Any]:
@@ -269,13 +283,7 @@ class SimLlama:
         self.stats.requests += 1
         if self.faults.error_status is not None:
             raise _Error(self.faults.error_status, "simulated failure", "server_error")
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise _Error(400, f"invalid JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise _Error(400, "the request body must be a JSON object")
-        return doc
+        return _object(raw)
 
     def _model(self, doc: dict[str, Any]) -> str:
         if not self.config.router:
@@ -378,6 +386,16 @@ class SimLlama:
         ]
         usage = {"prompt_tokens": len(prompt), "total_tokens": len(prompt)}
         return _json({"object": "list", "data": data, "model": doc.get("model"), "usage": usage})
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _Error(400, f"invalid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise _Error(400, "the request body must be a JSON object")
+    return doc
 
 
 def _vector(text: str, dim: int) -> list[float]:

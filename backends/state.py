@@ -50,12 +50,14 @@ class BoxState:
     tags: tuple[Mapping[str, Any], ...] = ()  # raw /api/tags entries, for merging
     running: tuple[Mapping[str, Any], ...] = ()  # raw /api/ps entries, for merging
     breaker: BreakerState = BreakerState.CLOSED
+    weight: float = 1.0  # share of traffic under the weighted-random strategy
+    draining: bool = False  # no new requests (maintenance, or removed from the config)
     openai_api: bool | None = None  # an Ollama box also serves OpenAI's /v1 (None: unknown)
 
     @property
     def routable(self) -> bool:
         healthy = self.health in (Health.HEALTHY, Health.DEGRADED)
-        return healthy and self.breaker is not BreakerState.OPEN
+        return healthy and self.breaker is not BreakerState.OPEN and not self.draining
 
 
 @dataclass(frozen=True, slots=True)

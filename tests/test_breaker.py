@@ -25,3 +25,10 @@ def test_half_open_trial_closes_or_reopens_with_doubled_backoff() -> None:
     assert b.tick(27.2)
     assert b.success() and b.state is BreakerState.CLOSED and b.failures == 0
     assert not b.success()
+
+
+def test_a_box_back_from_down_is_tried_at_once() -> None:
+    b = Breaker(failures_to_open=1, backoff=60)
+    b.failure(0)
+    assert b.recovered() and b.state is BreakerState.HALF_OPEN
+    assert not b.recovered()  # only an open breaker moves

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -71,3 +72,51 @@ def test_demo_serves_a_working_cluster(tmp_path: Path) -> None:
             if proc.stdout:
                 proc.stdout.close()
     assert proc.returncode in (0, -signal.SIGINT)
+
+
+def test_file_changes_and_sighup_reload_the_config(tmp_path: Path) -> None:
+    boxes = [_free_port(), _free_port()]
+    path = tmp_path / "ollamux.yaml"
+    path.write_text(f"endpoints: [http://127.0.0.1:{boxes[0]}]\n")
+    port = _free_port()
+    log = tmp_path / "ollamux.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*_command(), "--config", str(path), "--port", str(port)],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_for_endpoints(base, proc) == [f"127.0.0.1:{boxes[0]}"]
+        path.write_text(f"endpoints: [http://127.0.0.1:{boxes[1]}]\n")  # the watcher sees it
+        _wait(lambda: _endpoint_names(base) == [f"127.0.0.1:{boxes[1]}"], "file change")
+        proc.send_signal(signal.SIGHUP)  # nothing changed on disk: only SIGHUP reloads now
+        _wait(lambda: log.read_text().count("reloaded") == 2, "SIGHUP")
+        assert proc.poll() is None  # SIGHUP reloads; it does not stop ollamux
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _wait(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not reload the config"
+        time.sleep(0.1)
+
+
+def _endpoint_names(base: str) -> list[str]:
+    return [e["name"] for e in httpx.get(f"{base}/router/status", timeout=2).json()["endpoints"]]
+
+
+def _wait_for_endpoints(base: str, proc: subprocess.Popen[bytes]) -> list[str]:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return _endpoint_names(base)
+        except httpx.TransportError:
+            assert proc.poll() is None, "ollamux exited"
+            assert time.monotonic() < deadline, "ollamux did not start in 30 s"
+            time.sleep(0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from backends.simbox_store import layers
 from backends.simulated import BUSY, SimBox, SimConfig, parse_keep_alive
 
 # Field lists from Ollama's docs/api.md (github.com/ollama/ollama): "List Local Models",
@@ -758,3 +760,94 @@ async def test_command_line_serves_until_sigterm() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+# -- the model store: pull, push, create, blobs, copy, delete -------------------------
+
+
+async def test_pull_streams_each_layers_progress_then_has_the_model(
+    box: SimBox, http: httpx.AsyncClient
+) -> None:
+    got = lines(await http.post("/api/pull", json={"model": "tiny:1b"}))
+    assert got[0] == {"status": "pulling manifest"}
+    assert got[-4:] == [
+        {"status": "verifying sha256 digest"},
+        {"status": "writing manifest"},
+        {"status": "removing any unused layers"},
+        {"status": "success"},
+    ]
+    for digest, size in layers("tiny:1b"):
+        mine = [g for g in got if g.get("digest") == digest]
+        assert mine[0] == {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size}
+        done = [g["completed"] for g in mine[1:]]
+        assert done == sorted(done) and done[-1] == size and all(g["total"] == size for g in mine)
+    tags = [m["name"] for m in (await http.get("/api/tags")).json()["models"]]
+    assert "tiny:1b" in tags
+    again = await http.post("/api/pull", json={"model": "tiny:1b", "stream": False})
+    assert again.json() == {"status": "success"}
+
+
+async def test_pull_error_fails_after_the_first_layer(box: SimBox, http: httpx.AsyncClient) -> None:
+    box.faults.pull_error = "pull model manifest: file does not exist"
+    got = lines(await http.post("/api/pull", json={"model": "tiny:1b"}))
+    assert got[-1] == {"error": "pull model manifest: file does not exist"}
+    assert {g["digest"] for g in got if "digest" in g} == {layers("tiny:1b")[0][0]}
+    whole = await http.post("/api/pull", json={"model": "tiny:1b", "stream": False})
+    assert whole.status_code == 500 and "does not exist" in whole.json()["error"]
+    assert "tiny:1b" not in box.store.models
+
+
+async def test_blobs_then_create_copy_delete_and_push_with_the_official_client(
+    box: SimBox, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    data = b"GGUF" + os.urandom(10_000)
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    assert (await http.head(f"/api/blobs/{digest}")).status_code == 404
+    bad = await http.post(f"/api/blobs/sha256:{'1' * 64}", content=data)
+    assert bad.status_code == 400 and "digest mismatch" in bad.json()["error"]
+    assert (await http.post("/api/blobs/nonsense", content=data)).status_code == 400
+    assert (await http.post(f"/api/blobs/{digest}", content=data)).status_code == 201
+    assert (await http.post(f"/api/blobs/{digest}", content=data)).status_code == 200
+    assert (await http.head(f"/api/blobs/{digest}")).status_code == 200
+    assert box.store.blobs == {digest: len(data)}
+
+    refused = [
+        ({"model": "m", "files": {"x.gguf": f"sha256:{'2' * 64}"}}, 400),
+        ({"model": "m", "from": "nope"}, 404),
+        ({"model": "m"}, 400),
+    ]
+    for body, status in refused:
+        assert (await http.post("/api/create", json=body)).status_code == status
+    path = tmp_path / "other.gguf"
+    path.write_bytes(b"GGUF" + os.urandom(5_000))
+    async with ollama.AsyncClient(host=box.url) as client:
+        other = await client.create_blob(path)
+        parts = [
+            p.status
+            async for p in await client.create(
+                model="mine", files={"a.gguf": digest, "b.gguf": other}, stream=True
+            )
+        ]
+        assert parts == [
+            "parsing GGUF",
+            f"using existing layer {digest}",
+            f"using existing layer {other}",
+            "writing manifest",
+            "success",
+        ]
+        assert (await client.create(model="kid", from_="mine", system="hi")).status == "success"
+        assert (await client.copy("kid", "kid2")).status == "success"
+        await client.chat(model="kid2", messages=[{"role": "user", "content": "hi"}])
+        assert box.loaded_models() == ["kid2:latest"]
+        assert (await client.delete("kid2")).status == "success"
+        assert box.loaded_models() == []  # deleting a loaded model unloads it
+        for call in (client.delete("kid2"), client.copy("kid2", "x"), client.push("kid2")):
+            with pytest.raises(ollama.ResponseError) as err:
+                await call
+            assert err.value.status_code == 404
+        pushed = [p async for p in await client.push("mine", stream=True)]
+        assert pushed[0].status == "retrieving manifest" and pushed[-1].status == "success"
+        assert {p.digest for p in pushed if p.digest} == {d for d, _ in layers("mine:latest")}
+    names = {m["name"] for m in (await http.get("/api/tags")).json()["models"]}
+    assert {"mine:latest", "kid:latest"} <= names and "kid2:latest" not in names
+    assert box.store.pushed == ["mine:latest"]
