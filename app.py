@@ -7,9 +7,11 @@ line (``main``) that serves it. See README.md and DESIGN.md for the contracts.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,35 +19,62 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends.errors import MethodNotAllowed, ProxyError, RouteNotFound
+from backends import server
+from backends.errors import BadRequest, MethodNotAllowed, ProxyError, RouteNotFound
+from backends.relay import Exchanges
 from backends.settings import ConfigError, Settings, default_settings, load_settings
-from routing import ollama_api, openai_api
+from routing import admin_api, auth, fleet_api, ollama_api, openai_api, router_api
+from routing.affinity import conversation_key
+from routing.auth import Auth, AuthMiddleware
+from routing.client_limits import ClientLimits
 from routing.ollama_api import JSON, services
+from routing.reload import Reloader
 from routing.services import Services
 
 log = logging.getLogger("ollamux")
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, config_path: str | Path | None = None) -> Starlette:
+    """The app for ``settings``; with ``config_path`` it reloads that file on change and on
+    SIGHUP."""
     svc = Services(settings)
+    reloader = Reloader(config_path, svc) if config_path is not None else None
+    exchanges = Exchanges()
+    client_auth = Auth(lambda: svc.settings.client_keys)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await svc.start()
+        if reloader is not None:
+            await reloader.start()
         try:
-            yield
+            yield {"exchanges": exchanges}  # each exchange in flight registers there
         finally:
+            if reloader is not None:
+                await reloader.stop()
             await svc.stop()
 
     app = Starlette(
         routes=[
             *ollama_api.routes,
+            *fleet_api.routes,
             *openai_api.routes,
             Route("/router/status", router_status, methods=["GET"]),
+            Route("/router/explain", router_explain, methods=["GET"]),
+            *router_api.routes,
+            *admin_api.routes,
+            *auth.routes,
+        ],
+        middleware=[
+            *cors(settings),
+            Middleware(ClientLimits, limits=lambda: svc.settings.limits, render=error_response),
+            Middleware(AuthMiddleware, auth=client_auth, render=error_response),
         ],
         lifespan=lifespan,
         exception_handlers={
@@ -55,7 +84,60 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.services = svc
+    app.state.reloader = reloader
+    app.state.exchanges = exchanges
+    app.state.auth = client_auth
     return app
+
+
+def cors(settings: Settings) -> list[Middleware]:
+    """Off unless ``cors.origins`` lists some; outermost, so refusals carry it too."""
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Ollamux-Endpoint", "X-Ollamux-Route", "Retry-After"],
+            max_age=600,
+        )
+    ]
+
+
+def draining(app: Starlette) -> Callable[[], None]:
+    """What a stop signal sets off (the server has stopped accepting): requests in flight
+    get ``shutdown.grace`` seconds, then streams end with an error line, the rest 503."""
+    grace = app.state.services.settings.shutdown.grace
+    exchanges: Exchanges = app.state.exchanges
+    reason = (
+        f"ollamux is shutting down: the answer was cut after the {grace:g} s grace period "
+        "(shutdown.grace)"
+    )
+
+    def cut() -> None:
+        if count := exchanges.close_all(reason):
+            log.warning("shutdown: cut %d request(s) still in flight after %g s", count, grace)
+
+    def begin() -> None:
+        log.info("shutting down: %d request(s) in flight get %g s", len(exchanges), grace)
+        asyncio.get_running_loop().call_later(grace, cut)
+
+    return begin
+
+
+async def router_explain(request: Request) -> Response:
+    """What would serve ``?model=NAME`` now, and why; nothing is reserved or sent.
+    ``&session=ID`` asks as a turn of that conversation (its X-Session-Id)."""
+    model = request.query_params.get("model")
+    if not model:
+        raise BadRequest("model is required: /router/explain?model=NAME")
+    svc = services(request)
+    session = request.query_params.get("session")
+    conversation = conversation_key(model, {}, session) if session else None
+    req = svc.dispatcher.request(svc.model_key(model), conversation=conversation)
+    return JSON(svc.dispatcher.explain(req))
 
 
 async def router_status(request: Request) -> Response:
@@ -109,49 +191,64 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--demo", action="store_true", help="serve simulated boxes on loopback (no GPU needed)"
     )
+    parser.add_argument(
+        "--no-demo-traffic",
+        dest="demo_traffic",
+        action="store_false",
+        help="with --demo: do not play demo clients against the proxy",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--server",
+        default=server.DEFAULT_SERVER,
+        choices=server.SERVERS,
+        help="the ASGI server (default: %(default)s, chosen by the bench/ figures)",
+    )
     return parser.parse_args(argv)
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
+def config_path(args: argparse.Namespace) -> str | None:
     if args.config:
-        return load_settings(args.config)
-    if Path("ollamux.yaml").is_file():
-        return load_settings("ollamux.yaml")
-    return default_settings()
+        return str(args.config)
+    return "ollamux.yaml" if Path("ollamux.yaml").is_file() else None
 
 
-async def serve(app: Starlette, host: str, port: int, log_level: str) -> None:
-    import uvicorn
+def settings_from(args: argparse.Namespace) -> Settings:
+    path = config_path(args)
+    return load_settings(path) if path is not None else default_settings()
 
-    config = uvicorn.Config(
+
+async def serve(app: Starlette, args: argparse.Namespace) -> None:
+    settings: Settings = app.state.services.settings
+    await server.serve(
         app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,  # per-request logging costs more than the routing itself
-        server_header=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=30,
+        args.host,
+        args.port,
+        args.log_level,
+        args.server,
+        limits=settings.limits,
+        grace=settings.shutdown.grace,
+        on_stop=draining(app),
     )
-    await uvicorn.Server(config).serve()
 
 
 async def run(args: argparse.Namespace, settings: Settings | None) -> None:
     if settings is not None:
-        await serve(create_app(settings), args.host, args.port, args.log_level)
+        await serve(create_app(settings, config_path(args)), args)
         return
-    from backends.demo import demo_cluster
+    from backends.demo import demo_cluster, traffic_url
 
-    async with demo_cluster() as demo:
-        print(f"ollamux demo: open http://{args.host}:{args.port}/router/status", flush=True)
-        await serve(create_app(demo), args.host, args.port, args.log_level)
+    traffic = traffic_url(args.host, args.port) if args.demo_traffic else None
+    async with demo_cluster(traffic) as demo:
+        print(f"ollamux demo: open http://{args.host}:{args.port}/dashboard", flush=True)
+        await serve(create_app(demo), args)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # SIGTERM stops gracefully like Ctrl-C, and so exits with status 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         # A bad config is refused before anything starts listening.
         settings = None if args.demo else settings_from(args)

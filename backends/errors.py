@@ -6,6 +6,8 @@
     ├── ModelNotFound         404  no box advertises the model
     ├── RouteNotFound         404  / MethodNotAllowed 405
     ├── PayloadTooLarge       413
+    ├── TooManyRequests       429  one user holds their whole share of the waiting room
+    ├── HeadersTooLarge       431
     ├── NoCapacity            503  boxes have the model but none can take it now (Retry-After)
     └── UpstreamError         502  the box could not be reached or broke the connection
         ├── UpstreamTimeout   504  the box did not answer in time
@@ -57,6 +59,19 @@ class MethodNotAllowed(ProxyError):
 class PayloadTooLarge(ProxyError):
     status = 413
     code = "payload_too_large"
+
+
+class TooManyRequests(ProxyError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class HeadersTooLarge(ProxyError):
+    status = 431
+    code = "request_headers_too_large"
 
 
 class NoCapacity(ProxyError):

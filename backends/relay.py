@@ -23,11 +23,12 @@ from typing import Any, Protocol
 
 import orjson
 
-from backends.errors import ProxyError, UpstreamError
+from backends.errors import NoCapacity, ProxyError, UpstreamError
 from backends.upstream import Response, Upstream, request_headers
 
 log = logging.getLogger("ollamux.relay")
 _TAIL = 8192  # enough for any final chunk's counts and timings
+_WATCH_AFTER = 0.05  # s: a client that leaves sooner is noticed this late
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -40,6 +41,9 @@ class Lease(Protocol):
 
     @property
     def box(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
 
     def release(self) -> None: ...
 
@@ -84,17 +88,42 @@ class Outcome:
     path: str
     status: int = 0
     started: float = field(default_factory=time.monotonic)
+    sent: float | None = None  # when the request left for the box that answered
     first_byte: float | None = None
     ended: float | None = None
     tail: bytes = b""  # the last bytes of the body: the final chunk with counts
     error: str | None = None
     client_gone: bool = False
+    route: str = ""  # why this box (X-Ollamux-Route)
 
 
 # Reserve a box for this request, avoiding the boxes that already failed it; raises a
 # ProxyError (404, 503, ...) when there is none. The lease is None for requests that hold
 # no slot. May wait (the waiting room); the exchange cancels it if the client leaves.
 Place = Callable[[frozenset[str]], Awaitable[tuple[Lease | None, Target]]]
+
+
+class Exchanges:
+    """The exchanges in flight in one app, so a server going down can end them when its
+    grace period is over (``close_all``). An exchange finds it in the lifespan state."""
+
+    def __init__(self) -> None:
+        self._live: set[Exchange] = set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, exchange: Exchange) -> None:
+        self._live.add(exchange)
+
+    def discard(self, exchange: Exchange) -> None:
+        self._live.discard(exchange)
+
+    def close_all(self, reason: str) -> int:
+        live = list(self._live)
+        for exchange in live:
+            exchange.close(reason)
+        return len(live)
 
 
 class Exchange:
@@ -109,6 +138,7 @@ class Exchange:
         path: str,
         max_attempts: int = 1,
         on_failure: Callable[[str], None] = lambda box: None,
+        on_refused: Callable[[str, str | None], None] = lambda box, retry_after: None,
         on_done: Callable[[Outcome], None] = lambda outcome: None,
     ) -> None:
         self._up = upstream
@@ -119,15 +149,27 @@ class Exchange:
         self._headers = headers
         self._max_attempts = max_attempts
         self._on_failure = on_failure
+        self._on_refused = on_refused
         self._on_done = on_done
         self.outcome = Outcome(box=None, model=model, path=path)
         self._phase = "waiting"
         self._resp: Response | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._closing: str | None = None  # why the server ended this exchange early
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        watcher = asyncio.create_task(self._watch(receive, task))
+        self._task = task
+        exchanges: Exchanges | None = scope.get("state", {}).get("exchanges")
+        if exchanges is not None:
+            exchanges.add(self)
+        # Most answers take milliseconds, and a watcher task for each costs more than the
+        # routing (bench/overhead.py): watch for the client leaving once it takes longer.
+        watcher: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            _WATCH_AFTER, lambda: watcher.append(asyncio.create_task(self._watch(receive, task)))
+        )
         try:
             resp = await self._connect()
             if resp is None:  # the client left before the box answered
@@ -138,7 +180,11 @@ class Exchange:
             self.outcome.error = self.outcome.error or exc.message
             raise
         finally:
-            watcher.cancel()
+            if exchanges is not None:
+                exchanges.discard(self)
+            timer.cancel()
+            for w in watcher:
+                w.cancel()
             self._release()
             self.outcome.ended = time.monotonic()
             self._on_done(self.outcome)
@@ -153,6 +199,18 @@ class Exchange:
         elif self._resp is not None:
             self._resp.close()
 
+    def close(self, reason: str) -> None:
+        """The server's grace period is over: a request still waiting or sent is refused
+        (503), a stream is cut and ends with an error line; either way the box is let go."""
+        if self._closing is not None:
+            return
+        self._closing = reason
+        if self._phase == "waiting" and self._task is not None:
+            self._phase = "closing"
+            self._task.cancel()
+        elif self._resp is not None:
+            self._resp.close()
+
     async def _connect(self) -> Response | None:
         """Place the request and send it; before the first byte reaches the client, a box
         that fails (unreachable, reset, timeout, 5xx) is replaced by the next best."""
@@ -162,6 +220,8 @@ class Exchange:
             while True:
                 target = self._target
                 self.outcome.box = target.box
+                self.outcome.route = self._lease.reason if self._lease is not None else ""
+                self.outcome.sent = time.monotonic()
                 headers = request_headers(self._headers, target.api_key)
                 try:
                     resp = await self._up.send(
@@ -174,8 +234,11 @@ class Exchange:
                         self.outcome.status = exc.status
                         raise
                     continue
-                if resp.status >= 500:
-                    self._on_failure(target.box)
+                if resp.status >= 500 or resp.status == 429:
+                    if resp.status == 429:  # rate-limited: it rests, no mark against health
+                        self._on_refused(target.box, resp.header("retry-after"))
+                    else:
+                        self._on_failure(target.box)
                     failed.add(target.box)
                     if await self._next_box(failed):
                         resp.close()
@@ -187,6 +250,9 @@ class Exchange:
                 self._resp = resp
                 return resp
         except asyncio.CancelledError:
+            if self._phase == "closing":
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                raise NoCapacity(self._closing or "ollamux is shutting down") from None
             if self._phase != "cancelled":
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
@@ -207,6 +273,8 @@ class Exchange:
         self.outcome.status = resp.status
         self.outcome.first_byte = time.monotonic()
         headers = [*resp.headers, (b"x-ollamux-endpoint", resp.box.encode())]
+        if self.outcome.route:
+            headers.append((b"x-ollamux-route", self.outcome.route.encode("latin-1", "replace")))
         assert self._target is not None
         translator = self._target.translator
         if translator is not None:
@@ -219,6 +287,8 @@ class Exchange:
         try:
             body = await resp.read()
         except UpstreamError as exc:
+            if self._closing is not None:
+                raise NoCapacity(self._closing) from exc
             self.outcome.error = exc.message
             self._on_failure(resp.box)
             raise
@@ -251,14 +321,17 @@ class Exchange:
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
         except UpstreamError as exc:
-            outcome.error = exc.message
+            # Cut by the server going down, the box is not to blame.
+            error: ProxyError = exc if self._closing is None else NoCapacity(self._closing)
+            outcome.error = error.message
             if not outcome.client_gone:
-                log.warning("%s", exc.message)
-                self._on_failure(resp.box)
+                if error is exc:
+                    log.warning("%s", exc.message)
+                    self._on_failure(resp.box)
                 kind = resp.content_type
                 if translator is not None:
                     kind = translator.content_type(resp.status, kind)
-                await _send_quietly(send, _error_tail(kind, exc))
+                await _send_quietly(send, _error_tail(kind, error))
             return
         except OSError:  # the client went away while we wrote to it
             outcome.client_gone = True

@@ -35,6 +35,9 @@ class Endpoint:
     max_concurrent: int | None = None  # None: the settings' default (or the box's own slots)
     api_key: str | None = field(default=None, repr=False)
     priority: int = 0  # lower is preferred when priority routing is on
+    weight: float = 1.0  # share of traffic under routing.strategy weighted-random
+    rpm_limit: int | None = None  # requests a minute the box accepts (remote APIs)
+    tpm_limit: int | None = None  # tokens a minute the box accepts
 
 
 @dataclass(frozen=True)
@@ -75,13 +78,59 @@ class Failover:
     breaker_max_backoff: float = 60.0
 
 
+Strategy = Literal["default", "least-busy", "round-robin", "weighted-random", "latency", "usage"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+@dataclass(frozen=True)
+class Routing:
+    strategy: Strategy = "default"
+    cooldown: float = 30.0  # seconds a box rests after a 429 that names no Retry-After
+
+
+@dataclass(frozen=True)
+class Fairness:
+    enabled: bool = True  # waiting requests go first to the user served least lately
+    window: float = 300.0  # seconds of service that count
+    input_weight: float = 1.0  # weight of a prompt token
+    output_weight: float = 2.0  # weight of a generated token
+    max_waiting_share: float = 0.5  # of queue.max_waiting, for one user
+
+
+@dataclass(frozen=True)
+class StatsSettings:
+    path: str | None = None  # SQLite file for totals and history; None: memory only
+    history: int = 1000  # recent requests kept in the file
+    latency_bound: float = 2.0  # max_concurrent suggestion: per-token slowdown allowed
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A key clients present to ollamux: logs and the dashboard show its name, never it."""
+
+    name: str
+    key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 64 * 1024 * 1024  # a request body (images are big)
+    max_header_bytes: int = 64 * 1024  # a request's headers, names and values together
+    max_connections: int = 1024  # client requests served at once, streams included
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    grace: float = 30.0  # seconds in-flight streams may go on after SIGTERM
+
+
 @dataclass(frozen=True)
 class Settings:
     endpoints: tuple[Endpoint, ...]
     max_concurrent_connections: int = 2
     priority_routing: bool = False
     conversation_affinity: bool = True
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    client_keys: tuple[ClientKey, ...] = field(default=(), repr=False)
     timeouts: Timeouts = Timeouts()
     probe: ProbeIntervals = ProbeIntervals()
     queue: Queue = Queue()
@@ -89,9 +138,19 @@ class Settings:
     failover: Failover = Failover()
     # A box's own model id -> the model it is the same as (one model to route).
     aliases: tuple[tuple[str, str], ...] = ()
+    stats: StatsSettings = StatsSettings()
+    routing: Routing = Routing()
+    fairness: Fairness = Fairness()
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; none: CORS off
+    limits: Limits = Limits()
+    shutdown: Shutdown = Shutdown()
 
     def slots(self, endpoint: Endpoint) -> int:
         return endpoint.max_concurrent or self.max_concurrent_connections
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        return tuple(k.key for k in self.client_keys)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -111,6 +170,12 @@ _TOP_KEYS = {
     "affinity",
     "failover",
     "aliases",
+    "stats",
+    "routing",
+    "fairness",
+    "cors",
+    "limits",
+    "shutdown",
 }
 _NOMYO_KEYS = {
     "endpoints",
@@ -119,7 +184,17 @@ _NOMYO_KEYS = {
     "api_keys",
     "nomyo-router-api-key",
 }
-_ENDPOINT_KEYS = {"url", "kind", "name", "max_concurrent", "api_key", "priority"}
+_ENDPOINT_KEYS = {
+    "url",
+    "kind",
+    "name",
+    "max_concurrent",
+    "api_key",
+    "priority",
+    "weight",
+    "rpm_limit",
+    "tpm_limit",
+}
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -148,23 +223,75 @@ def parse_settings(raw: object) -> Settings:
     endpoints = _parse_endpoints(_require(raw, "endpoints", list, ""))
     auth = _mapping(raw.get("auth", {}), "auth")
     _refuse_unknown(auth, {"api_keys"}, "auth.")
-    keys = [k for k in _list(auth.get("api_keys") or [], "auth.api_keys") if k != ""]
-    for i, key in enumerate(keys):
-        if not isinstance(key, str):
-            raise ConfigError(f"auth.api_keys[{i}] must be a string")
     return Settings(
         endpoints=endpoints,
         max_concurrent_connections=_positive_int(raw, "max_concurrent_connections", 2, ""),
         priority_routing=_bool(raw, "priority_routing", False),
         conversation_affinity=_bool(raw, "conversation_affinity", True),
-        api_keys=tuple(cast(list[str], keys)),
+        client_keys=_parse_client_keys(auth.get("api_keys") or []),
         timeouts=_parse_section(raw, "timeouts", Timeouts),
         probe=_parse_section(raw, "probe", ProbeIntervals),
         queue=_parse_section(raw, "queue", Queue),
         affinity=_parse_section(raw, "affinity", Affinity),
         failover=_parse_section(raw, "failover", Failover),
         aliases=_parse_aliases(raw.get("aliases") or {}),
+        stats=_parse_stats(raw.get("stats", {})),
+        routing=_parse_routing(raw.get("routing", {})),
+        fairness=_parse_section(raw, "fairness", Fairness),
+        cors_origins=_parse_cors(raw.get("cors", {})),
+        limits=_parse_section(raw, "limits", Limits),
+        shutdown=_parse_section(raw, "shutdown", Shutdown),
     )
+
+
+def _parse_client_keys(raw: object) -> tuple[ClientKey, ...]:
+    """``[key, ...]`` (named key-1, key-2, ... by position) or ``[{name, key}, ...]``.
+    An empty string (an empty ``${VAR}``) is no key; an empty key in a mapping is an
+    error, since dropping it could silently switch client auth off."""
+    keys: list[ClientKey] = []
+    for i, entry in enumerate(_list(raw, "auth.api_keys")):
+        where = f"auth.api_keys[{i}]"
+        if isinstance(entry, dict):
+            _refuse_unknown(entry, {"name", "key"}, f"{where}.")
+            name, key = entry.get("name"), entry.get("key")
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"{where}.name has value {name!r}; expected a name")
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"{where}.key must be a non-empty string")
+            keys.append(ClientKey(name.strip(), key))
+        elif isinstance(entry, str):
+            if entry:
+                keys.append(ClientKey(f"key-{i + 1}", entry))
+        else:
+            raise ConfigError(f"{where} must be a string or a mapping with name and key")
+    names = [k.name for k in keys]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"auth.api_keys: the name {name!r} is used twice")
+    if len({k.key for k in keys}) < len(keys):
+        raise ConfigError("auth.api_keys: one key is listed twice")
+    return tuple(keys)
+
+
+def _parse_cors(raw: object) -> tuple[str, ...]:
+    section = _mapping(raw, "cors")
+    _refuse_unknown(section, {"origins"}, "cors.")
+    origins = _list(section.get("origins") or [], "cors.origins")
+    for i, origin in enumerate(origins):
+        parts = urlsplit(origin) if isinstance(origin, str) else None
+        if origin == "*" or (
+            parts is not None
+            and parts.scheme in ("http", "https")
+            and parts.hostname
+            and not parts.path.strip("/")
+            and not parts.query
+        ):
+            continue
+        raise ConfigError(
+            f"cors.origins[{i}] has value {_show(origin)}; expected an origin like "
+            "https://app.example.com, or *"
+        )
+    return tuple(o if o == "*" else o.rstrip("/") for o in origins)
 
 
 def _parse_aliases(raw: object) -> tuple[tuple[str, str], ...]:
@@ -174,6 +301,36 @@ def _parse_aliases(raw: object) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"aliases.{own} has value {name!r}; expected a model name")
         pairs.append((own, name))
     return tuple(pairs)
+
+
+def _parse_routing(raw: object) -> Routing:
+    section = _mapping(raw, "routing")
+    _refuse_unknown(section, {"strategy", "cooldown"}, "routing.")
+    strategy = section.get("strategy", "default")
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"routing.strategy has value {strategy!r}; expected one of {', '.join(STRATEGIES)}"
+        )
+    cooldown = section.get("cooldown", Routing.cooldown)
+    if isinstance(cooldown, bool) or not isinstance(cooldown, int | float) or cooldown <= 0:
+        raise ConfigError(f"routing.cooldown has value {cooldown!r}; expected seconds > 0")
+    return Routing(strategy=cast(Strategy, strategy), cooldown=float(cooldown))
+
+
+def _parse_stats(raw: object) -> StatsSettings:
+    section = _mapping(raw, "stats")
+    _refuse_unknown(section, {"path", "history", "latency_bound"}, "stats.")
+    path = section.get("path")
+    if path is not None and (not isinstance(path, str) or not path):
+        raise ConfigError(f"stats.path has value {path!r}; expected a file path")
+    bound = section.get("latency_bound", StatsSettings.latency_bound)
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or bound <= 1:
+        raise ConfigError(f"stats.latency_bound has value {bound!r}; expected a number > 1")
+    return StatsSettings(
+        path=path,
+        history=_positive_int(section, "history", StatsSettings.history, "stats."),
+        latency_bound=float(bound),
+    )
 
 
 def _is_nomyo(raw: Mapping[str, Any]) -> bool:
@@ -197,10 +354,12 @@ def _parse_nomyo(raw: Mapping[str, Any]) -> Settings:
             entry = {"url": url, "kind": kind, "api_key": box_keys.get(url) or None}
             entries.append(entry)
     client_key = raw.get("nomyo-router-api-key")
+    if client_key is not None and not isinstance(client_key, str):
+        raise ConfigError(f"nomyo-router-api-key has value {_show(client_key)}; expected a string")
     return Settings(
         endpoints=_parse_endpoints(entries),
         max_concurrent_connections=_positive_int(raw, "max_concurrent_connections", 2, ""),
-        api_keys=(client_key,) if isinstance(client_key, str) and client_key else (),
+        client_keys=_parse_client_keys([client_key] if client_key else []),
     )
 
 
@@ -238,6 +397,13 @@ def _parse_endpoint(entry: object, where: str) -> Endpoint:
     priority = entry.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ConfigError(f"{where}.priority has value {priority!r}; expected an integer")
+    weight = entry.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+        raise ConfigError(f"{where}.weight has value {weight!r}; expected a number > 0")
+    limits = {
+        key: _positive_int(entry, key, 1, f"{where}.") if key in entry else None
+        for key in ("rpm_limit", "tpm_limit")
+    }
     return Endpoint(
         url=url,
         name=name,
@@ -245,6 +411,8 @@ def _parse_endpoint(entry: object, where: str) -> Endpoint:
         max_concurrent=max_concurrent,
         api_key=api_key or None,
         priority=priority,
+        weight=float(weight),
+        **limits,
     )
 
 

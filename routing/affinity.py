@@ -46,6 +46,9 @@ class AffinityTable:
         self._max = max_entries
         self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
+    def resize(self, ttl: float, max_entries: int) -> None:
+        self._ttl, self._max = ttl, max_entries
+
     def __len__(self) -> int:
         return len(self._entries)
 

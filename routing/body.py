@@ -11,7 +11,7 @@ from starlette.requests import Request
 from backends.errors import BadRequest
 
 # Fields whose type the proxy checks, because routing or streaming depends on them.
-_TYPES: dict[str, tuple[type, ...]] = {
+OLLAMA_TYPES: dict[str, tuple[type, ...]] = {
     "stream": (bool,),
     "messages": (list,),
     "options": (dict,),
@@ -25,7 +25,9 @@ async def read_json(request: Request) -> tuple[bytes, dict[str, Any]]:
     return body, parse_object(body)
 
 
-def parse_object(body: bytes) -> dict[str, Any]:
+def parse_object(body: bytes, types: dict[str, tuple[type, ...]] | None = None) -> dict[str, Any]:
+    """The JSON object in ``body``; ``types`` (default: Ollama's) are the fields whose type
+    is checked, because routing or streaming depends on them."""
     if not body:
         raise BadRequest("missing request body")
     try:
@@ -34,10 +36,10 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise BadRequest(f"invalid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise BadRequest(f"the request body must be a JSON object, not {_kind(doc)}")
-    for name, types in _TYPES.items():
+    for name, allowed in (OLLAMA_TYPES if types is None else types).items():
         value = doc.get(name)
-        if value is not None and not isinstance(value, types):
-            raise BadRequest(f"{name} must be {_TYPE_NAMES[types[0]]}, not {_kind(value)}")
+        if value is not None and not isinstance(value, allowed):
+            raise BadRequest(f"{name} must be {_TYPE_NAMES[allowed[0]]}, not {_kind(value)}")
     return doc
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -18,10 +17,12 @@ from backends.state import Fleet
 from backends.translate_models import openai_models
 from backends.translate_plans import for_openai_client
 from routing.affinity import conversation_key
-from routing.body import require_model
+from routing.body import parse_object, require_model
 from routing.ollama_api import JSON, services
-from routing.services import Services
+from routing.services import Services, make_ticket
 
+# OpenAI's prompt may be a list (of strings or tokens): only these types are checked.
+OPENAI_TYPES: dict[str, tuple[type, ...]] = {"stream": (bool,)}
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -46,6 +47,7 @@ async def inference(request: Request) -> Any:
         headers=request.headers,
         path=path,
         conversation=conversation,
+        ticket=make_ticket(request.headers, doc, body, getattr(request.state, "key_name", None)),
     )
 
 
@@ -53,16 +55,7 @@ async def read_body(request: Request, path: str) -> tuple[bytes, dict[str, Any]]
     """The client's bytes (forwarded as they came) and the object they hold, checked only
     where routing or translation depends on it."""
     body = await request.body()
-    if not body:
-        raise BadRequest("missing request body")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"invalid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise BadRequest("the request body must be a JSON object")
-    if doc.get("stream") is not None and not isinstance(doc["stream"], bool):
-        raise BadRequest("stream must be a boolean")
+    doc = parse_object(body, OPENAI_TYPES)
     if path == CHAT and not isinstance(doc.get("messages"), list):
         raise BadRequest("messages must be an array")
     if path == COMPLETIONS and "prompt" not in doc:

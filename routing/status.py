@@ -5,11 +5,11 @@ outside the routing lock, so a slow reader never slows routing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from backends.state import BoxState, Fleet, Usage
+from backends.state import BoxState, Fleet, Usage, canonical_model
 
 
 class StatusBoard:
@@ -56,12 +56,14 @@ class StatusBoard:
 
 def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> dict[str, Any]:
     names = box.models | box.loaded | {m for (b, m) in usage if b == box.name}
+    running = {canonical_model(e["name"]): e for e in box.running if isinstance(e.get("name"), str)}
     models = [
         {
             "name": name,
             "loaded": name in box.loaded,
             "in_use": usage.get((box.name, name), 0),
             "max": box.slots,
+            **_memory(running.get(name)),
         }
         for name in sorted(names, key=lambda n: (n not in box.loaded, n))
     ]
@@ -71,10 +73,19 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> dict[str, Any
         "kind": box.kind,
         "health": str(box.health),
         "breaker": str(box.breaker),
+        "draining": box.draining,
         "version": box.version,
         "error": box.error,
         "models": models,
     }
+
+
+def _memory(entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A loaded model's footprint and unload time, as the box's /api/ps gave them."""
+    if entry is None:
+        return {}
+    keys = ("size", "size_vram", "expires_at")
+    return {k: entry[k] for k in keys if isinstance(entry.get(k), int | str)}
 
 
 def _public_url(url: str) -> str:

@@ -95,10 +95,14 @@ async def test_model_added_after_start_is_served(cluster: Any) -> None:
         resp = await c.http.post("/api/generate", json={"model": "fresh:1b", "stream": False})
         assert resp.status_code == 404
         c.box("b").add_model("fresh:1b")
-        await asyncio.sleep(1.1)  # unknown-model refreshes are at most one a second
-        resp = await c.http.post(
-            "/api/generate", json={"model": "fresh:1b", "prompt": "hi", "stream": False}
-        )
+        body = {"model": "fresh:1b", "prompt": "hi", "stream": False}
+        # Unknown-model refreshes are rate-limited (one a second): ask until it is seen,
+        # long before the 30 s tags probe would have found it.
+        for _ in range(50):
+            resp = await c.http.post("/api/generate", json=body)
+            if resp.status_code != 404:
+                break
+            await asyncio.sleep(0.1)
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-ollamux-endpoint"] == "b"
 
