@@ -164,7 +164,10 @@ async def render_error(request: Request, exc: Exception) -> Response:
 async def render_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        error: ProxyError = MethodNotAllowed(f"method {request.method} not allowed here")
+        # RFC 9110: a 405 names the methods the route does take.
+        error: ProxyError = MethodNotAllowed(
+            f"method {request.method} not allowed here", headers=dict(exc.headers or {})
+        )
     elif exc.status_code == 404:
         error = RouteNotFound(f"no route {request.url.path}")
     else:

@@ -140,8 +140,16 @@ def arguments_object(text: object, *, strict: bool) -> Any:
         return text  # a model's broken JSON, shown as it came rather than dropped
 
 
+def _function(call: object) -> Mapping[str, Any]:
+    """A tool call's function object; a call that is not shaped so is the client's error."""
+    function = (call.get("function") or {}) if isinstance(call, Mapping) else None
+    if not isinstance(function, Mapping):
+        raise BadRequest("tool_calls must be objects, each with a function object")
+    return function
+
+
 def openai_tool_call(call: Mapping[str, Any], index: int, fallback_id: str) -> dict[str, Any]:
-    function = call.get("function") or {}
+    function = _function(call)
     return {
         "id": call.get("id") or fallback_id,
         "index": index,
@@ -154,7 +162,7 @@ def openai_tool_call(call: Mapping[str, Any], index: int, fallback_id: str) -> d
 
 
 def ollama_tool_call(call: Mapping[str, Any], index: int, *, strict: bool) -> dict[str, Any]:
-    function = call.get("function") or {}
+    function = _function(call)
     out: dict[str, Any] = {
         "function": {
             "index": index,

@@ -62,7 +62,14 @@ class FairShare:
         return dict(self._totals)
 
     def _add(self, user: str, amount: float, now: float) -> None:
-        self._events.setdefault(user, deque()).append((now, amount))
+        # One bucket per user per second: memory follows users and the window, not the
+        # request rate.
+        events = self._events.setdefault(user, deque())
+        second = float(int(now))
+        if events and events[-1][0] == second:
+            events[-1] = (second, events[-1][1] + amount)
+        else:
+            events.append((second, amount))
         self._totals[user] = self._totals.get(user, 0.0) + amount
         self._expire(user, now)
 
