@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS requests (
     at REAL NOT NULL, box TEXT NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL,
     status INTEGER NOT NULL, waited REAL, ttft REAL, duration REAL NOT NULL,
     prompt_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
-    decode_tps REAL, error TEXT, failed INTEGER NOT NULL);
+    decode_tps REAL, error TEXT, why TEXT, failed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS levels (
     box TEXT NOT NULL, model TEXT NOT NULL, level INTEGER NOT NULL,
     samples INTEGER NOT NULL, decode_samples INTEGER NOT NULL, decode_sum REAL NOT NULL,
@@ -50,6 +50,7 @@ REQUEST_COLUMNS = (
     "output_tokens",
     "decode_tps",
     "error",
+    "why",
     "failed",
 )
 

@@ -145,6 +145,7 @@ class Stats:
             "output_tokens": counts.output_tokens,
             "decode_tps": None if counts.decode_rate is None else round(counts.decode_rate, 1),
             "error": outcome.error or ("client left" if outcome.client_gone else None),
+            "why": outcome.route,  # the box's reason (X-Ollamux-Route)
             "failed": failed,
         }
         self.recent.append(row)

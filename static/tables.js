@@ -27,7 +27,7 @@ export function renderQueue(queue) {
   return items;
 }
 
-const COLUMNS = ["Time", "Model", "Box", "Route", "Status", "Waited", "First token", "Duration", "Tokens in → out", "tok/s"];
+const COLUMNS = ["Time", "Model", "Box", "Route", "Status", "Waited", "First token", "Duration", "Tokens in → out", "tok/s", "Why this box"];
 
 export function recentTable(rows) {
   const head = el("thead", {}, el("tr", {}, COLUMNS.map((c) => el("th", { scope: "col", text: c }))));
@@ -50,6 +50,7 @@ export function recentTable(rows) {
         el("td", { class: "num", text: seconds(r.duration) }),
         el("td", { class: "num", text: `${count(r.prompt_tokens)} → ${count(r.output_tokens)}` }),
         el("td", { class: "num", text: rate(r.decode_tps) }),
+        el("td", { class: "why", text: r.why || "–" }),
       );
     }),
   );

@@ -308,6 +308,8 @@ async def test_explain_agrees_with_the_next_choice_and_the_route_header(cluster:
         assert resp.headers["x-ollamux-endpoint"] == explained["chosen"]
         route = resp.headers["x-ollamux-route"]
         assert route.startswith("b: model loaded") and "next a: model not loaded" in route
+        recent = (await c.http.get("/router/stats")).json()["recent"]
+        assert recent[0]["why"] == route  # the dashboard's recent requests say why too
         missing = await c.http.get("/router/explain")
         assert missing.status_code == 400 and "model is required" in missing.json()["error"]
         unknown = (await c.http.get("/router/explain", params={"model": "nope"})).json()
