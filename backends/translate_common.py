@@ -381,3 +381,16 @@ def openai_error(status: int, body: bytes) -> bytes:
         kind = "not_found_error"
     error = {"message": error_message(body), "type": kind, "code": status}
     return orjson.dumps({"error": error})
+
+
+class WholeBody:
+    """A translator for answers that never stream (embeddings): only ``whole`` converts."""
+
+    def content_type(self, status: int, upstream: str) -> str:
+        return JSON
+
+    def chunk(self, data: bytes) -> bytes:
+        return data
+
+    def end(self) -> bytes:
+        return b""

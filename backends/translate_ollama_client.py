@@ -19,6 +19,7 @@ from backends.translate_common import (
     JSON,
     NDJSON,
     SSEReader,
+    WholeBody,
     arguments_object,
     done_reason,
     error_message,
@@ -313,21 +314,12 @@ class OpenAIToOllama:
         return out + ndjson(final)
 
 
-class EmbeddingsToOllama:
+class EmbeddingsToOllama(WholeBody):
     """OpenAI's embedding list as ``/api/embed`` (every vector) or ``/api/embeddings``."""
 
     def __init__(self, model: str, *, legacy: bool) -> None:
         self._model = model
         self._legacy = legacy
-
-    def content_type(self, status: int, upstream: str) -> str:
-        return JSON
-
-    def chunk(self, data: bytes) -> bytes:
-        return data
-
-    def end(self) -> bytes:
-        return b""
 
     def whole(self, status: int, body: bytes) -> bytes:
         if status >= 400:

@@ -23,6 +23,7 @@ from backends.translate_common import (
     JSON,
     SSE_DONE,
     LineReader,
+    WholeBody,
     effort_think,
     finish_reason,
     floats_base64,
@@ -288,21 +289,12 @@ class OllamaToOpenAI:
         return _envelope(kind, self._id, self._created, self._model, choices, usage)
 
 
-class OllamaToEmbeddings:
+class OllamaToEmbeddings(WholeBody):
     """``/api/embed``'s vectors as OpenAI's embedding list (floats or base64)."""
 
     def __init__(self, model: str, *, base64: bool) -> None:
         self._model = model
         self._base64 = base64
-
-    def content_type(self, status: int, upstream: str) -> str:
-        return JSON
-
-    def chunk(self, data: bytes) -> bytes:
-        return data
-
-    def end(self) -> bytes:
-        return b""
 
     def whole(self, status: int, body: bytes) -> bytes:
         if status >= 400:
