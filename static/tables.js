@@ -24,6 +24,21 @@ export function renderQueue(queue) {
   if (byModel.length) {
     items.push(el("ul", { class: "by-model" }, byModel.map(([model, n]) => el("li", {}, el("b", { text: n }), " ", model))));
   }
+  const users = queue.users || [];
+  if (users.length) {
+    // Fair share: the next waiting request goes to the user served least lately.
+    const head = el("tr", {}, ["User", "Waiting", "Served lately"].map((c) => el("th", { scope: "col", text: c })));
+    const rows = users.map((u) =>
+      el(
+        "tr",
+        {},
+        el("td", { class: "name", text: u.user }),
+        el("td", { class: "num", text: u.waiting }),
+        el("td", { class: "num", title: "weighted tokens in the fairness window", text: count(u.service) }),
+      ),
+    );
+    items.push(el("table", { class: "users" }, el("thead", {}, head), el("tbody", {}, rows)));
+  }
   return items;
 }
 

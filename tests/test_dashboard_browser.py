@@ -109,8 +109,13 @@ async def test_dashboard_shows_the_demo_cluster_live() -> None:
                 {"model": model, "prompt": f"warm {i}", "options": {"num_predict": 20}}
                 for i, model in enumerate(["llama3.2", "mistral:7b", "qwen2.5:7b"] * 3)
             ]
-            done = await asyncio.gather(*(http.post("/api/generate", json=b) for b in short))
+            who = {"X-User-Id": "alice"}
+            done = await asyncio.gather(
+                *(http.post("/api/generate", json=b, headers=who) for b in short)
+            )
             assert all(r.status_code == 200 for r in done)
+            # Fair share: the waiting room lists who has been served lately.
+            await page.wait_for_selector("table.users td.name >> text=alice")
 
             # Slot bars follow requests while they run.
             body = {"model": "mistral:7b", "prompt": "x", "options": {"num_predict": 300}}
@@ -135,6 +140,7 @@ async def test_dashboard_shows_the_demo_cluster_live() -> None:
             assert row[1] == "mistral:7b" and row[2] in ("gpu-b", "gpu-c")
             assert row[3:5] == ["/api/generate", "200"]
             assert row[8].endswith("→ 300")
+            assert row[10].startswith(row[2] + ": model")  # why that box
 
             phone = await browser.new_page(viewport={"width": 390, "height": 844})
             await phone.goto(url + "/dashboard")
