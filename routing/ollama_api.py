@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -10,14 +11,18 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from backends.fleet import is_unload
+from backends.relay import Exchange
 from backends.state import Fleet, canonical_model
 from backends.translate_models import find_tag
 from backends.translate_models import show as show_card
-from backends.translate_plans import for_ollama_client
+from backends.translate_plans import Routed, for_ollama_client
 from routing import fleet_api
 from routing.affinity import conversation_key
 from routing.body import read_json, require_model
 from routing.services import Services, make_ticket
+
+# How a client's request becomes what each kind of box gets (backends.translate_plans).
+Translate = Callable[[str, bytes, dict[str, Any], str, str], Routed]
 
 
 class JSON(Response):
@@ -59,17 +64,35 @@ async def _forward(request: Request, *, slot: bool) -> Any:
     body, doc = await read_json(request)
     # /api/show still accepts the older "name" field.
     model = require_model(doc, "model" if "model" in doc or slot else "name")
-    svc = services(request)
     path: str = request.scope["path"]  # not request.url: building a URL costs 5 us
     if path in ("/api/chat", "/api/generate") and is_unload(path == "/api/chat", doc):
         return await fleet_api.unload(request, doc, model)  # everywhere it is loaded
-    conversation = None
-    if path in ("/api/chat", "/api/generate"):
-        conversation = conversation_key(model, doc, request.headers.get("x-session-id"))
+    chat = path in ("/api/chat", "/api/generate")
+    return await proxy(request, path, model, body, doc, for_ollama_client, chat=chat, slot=slot)
+
+
+async def proxy(
+    request: Request,
+    path: str,
+    model: str,
+    body: bytes,
+    doc: dict[str, Any],
+    translate: Translate,
+    *,
+    chat: bool,
+    slot: bool = True,
+) -> Exchange:
+    """Either API's request, placed and ready to forward: ``translate`` says what each
+    kind of box gets; ``chat`` requests have a conversation to keep on its box."""
+    svc = services(request)
     key = svc.model_key(model)
-    routed = for_ollama_client(path, body, doc, model, key)
+    routed = translate(path, body, doc, model, key)
     routed.check(svc.prober.fleet, key)
+    conversation = None
+    if chat:
+        conversation = conversation_key(model, doc, request.headers.get("x-session-id"))
     req = svc.dispatcher.request(key, conversation=conversation, kinds=routed.kinds)
+    ticket = make_ticket(request.headers, doc, body, getattr(request.state, "key_name", None))
     return await svc.exchange(
         req,
         model,
@@ -78,7 +101,7 @@ async def _forward(request: Request, *, slot: bool) -> Any:
         path=path,
         slot=slot,
         conversation=conversation,
-        ticket=make_ticket(request.headers, doc, body, getattr(request.state, "key_name", None)),
+        ticket=ticket,
     )
 
 
