@@ -45,13 +45,16 @@ class Call:
 async def call_one(up: Upstream, call: Call) -> BoxResult:
     """Send one call and read its whole answer."""
     try:
-        resp = await _send(up, call)
-        try:
-            body = await resp.read()
-        finally:
-            resp.close()
+        return await _whole(call, await _send(up, call))
     except UpstreamError as exc:
         return unreached(call.box, exc.status, exc.message)
+
+
+async def _whole(call: Call, resp: Response) -> BoxResult:
+    try:
+        body = await resp.read()
+    finally:
+        resp.close()
     return answer(call.box, resp.status, resp.content_type, body)
 
 
@@ -66,15 +69,9 @@ async def open_all(up: Upstream, calls: Sequence[Call]) -> list[Response | BoxRe
     async def one(call: Call) -> Response | BoxResult:
         try:
             resp = await _send(up, call)
-            if 200 <= resp.status < 300:
-                return resp
-            try:
-                body = await resp.read()
-            finally:
-                resp.close()
+            return resp if 200 <= resp.status < 300 else await _whole(call, resp)
         except UpstreamError as exc:
             return unreached(call.box, exc.status, exc.message)
-        return answer(call.box, resp.status, resp.content_type, body)
 
     return list(await asyncio.gather(*(one(c) for c in calls)))
 
