@@ -19,6 +19,19 @@ from backends.simulated import SimBox, SimConfig
 from backends.simulated_llama import LlamaConfig, SimLlama
 from tests.conftest import serve_app
 
+# Every POST route ollamux serves for both APIs (tests/openapi.yaml documents them).
+POST_ROUTES = [
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+    "/api/show",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+]
+
+
 M = "llama3.2"  # on the Ollama box
 E = "nomic-embed-text"  # on the Ollama box
 G = "org/Tiny-GGUF:Q4_K_M"  # on the llama-server box: Ollama clients get a translation

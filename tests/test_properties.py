@@ -25,17 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests._hardening import MODELS, Fleet, G, M, mixed_fleet, settled
+from tests._hardening import POST_ROUTES as ROUTES
 
-ROUTES = [
-    "/api/chat",
-    "/api/generate",
-    "/api/embed",
-    "/api/embeddings",
-    "/api/show",
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-]
 SETTINGS = settings(
     max_examples=150,
     deadline=None,
