@@ -41,7 +41,6 @@ class Ledger:
         self._view: Usage = MappingProxyType(self._in_use)
         self._on_change = on_change
         self.on_release: Callable[[], None] = lambda: None  # a slot freed: place waiters
-        self.leased = 0  # leases ever handed out
 
     @property
     def usage(self) -> Usage:
@@ -68,7 +67,6 @@ class Ledger:
         drain): nothing can interleave, so the decision still holds."""
         key = (box, model)
         self._in_use[key] = self._in_use.get(key, 0) + 1
-        self.leased += 1
         self._on_change()
         return Lease(self, box, model)
 

@@ -38,4 +38,4 @@ async def test_decide_sees_reservations_made_before_it() -> None:
 async def test_a_refusal_reserves_nothing() -> None:
     ledger = Ledger()
     assert await ledger.lease(lambda usage: "no") == "no"
-    assert ledger.in_flight() == 0 and ledger.leased == 0
+    assert ledger.in_flight() == 0 and dict(ledger.usage) == {}
