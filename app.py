@@ -25,17 +25,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends import server
-from backends.errors import BadRequest, MethodNotAllowed, ProxyError, RouteNotFound
-from backends.relay import Exchanges
-from backends.settings import ConfigError, Settings, default_settings, load_settings
-from routing import admin_api, auth, fleet_api, ollama_api, openai_api, router_api
-from routing.affinity import conversation_key
-from routing.auth import Auth, AuthMiddleware
-from routing.client_limits import ClientLimits
-from routing.ollama_api import JSON, services
-from routing.reload import Reloader
-from routing.services import Services
+from ollamux.backends.relay import Exchanges
+from ollamux.routing.affinity import conversation_key
+from ollamux.routing.api import admin as admin_api
+from ollamux.routing.api import auth, server
+from ollamux.routing.api import models as fleet_api
+from ollamux.routing.api import ollama as ollama_api
+from ollamux.routing.api import openai as openai_api
+from ollamux.routing.api import router as router_api
+from ollamux.routing.api.auth import Auth, AuthMiddleware
+from ollamux.routing.api.client_limits import ClientLimits
+from ollamux.routing.api.ollama import JSON, services
+from ollamux.routing.api.reload import Reloader
+from ollamux.routing.api.services import Services
+from ollamux.routing.errors import BadRequest, MethodNotAllowed, ProxyError, RouteNotFound
+from ollamux.routing.settings import ConfigError, Settings, default_settings, load_settings
 
 log = logging.getLogger("ollamux")
 
@@ -239,7 +243,7 @@ async def run(args: argparse.Namespace, settings: Settings | None) -> None:
     if settings is not None:
         await serve(create_app(settings, config_path(args)), args)
         return
-    from backends.demo import demo_cluster, traffic_url
+    from ollamux.backends.sim.demo import demo_cluster, traffic_url
 
     traffic = traffic_url(args.host, args.port) if args.demo_traffic else None
     async with demo_cluster(traffic) as demo:

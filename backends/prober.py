@@ -20,12 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from backends.adapters import Adapter
-from backends.breaker import Breaker
-from backends.errors import UpstreamBadAnswer, UpstreamError
-from backends.settings import Endpoint, Kind, Settings
-from backends.state import BoxState, Fleet, Health
-from backends.upstream import Upstream
+from ollamux.backends.kinds import Adapter
+from ollamux.backends.upstream import Upstream
+from ollamux.routing.breaker import Breaker
+from ollamux.routing.errors import UpstreamBadAnswer, UpstreamError
+from ollamux.routing.settings import Endpoint, Kind, Settings
+from ollamux.routing.state import BoxState, Fleet, Health
 
 log = logging.getLogger("ollamux.prober")
 

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from backends.errors import NoCapacity, ProxyError, UpstreamError
-from backends.upstream import Response, Upstream, request_headers
+from ollamux.backends.upstream import Response, Upstream, request_headers
+from ollamux.routing.errors import NoCapacity, ProxyError, UpstreamError
 
 log = logging.getLogger("ollamux.relay")
 _TAIL = 8192  # enough for any final chunk's counts and timings

@@ -3,7 +3,7 @@
 aiohttp was chosen by measurement (``bench/clients.py``, README "Performance"): as cheap
 per request as any client measured (pyreqwest within a few percent), 5-30 times cheaper
 than httpx and httpx2. Its errors are translated here, at one boundary, into
-``backends.errors``; nothing else in the project imports aiohttp's client.
+``routing.errors``; nothing else in the project imports aiohttp's client.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from backends.errors import UpstreamBadAnswer, UpstreamError, UpstreamTimeout
-from backends.settings import Timeouts
+from ollamux.routing.errors import UpstreamBadAnswer, UpstreamError, UpstreamTimeout
+from ollamux.routing.settings import Timeouts
 
 # Headers that describe one hop, not the message: never forwarded either way.
 _HOP = frozenset(

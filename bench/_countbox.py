@@ -22,7 +22,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.simulated import SimBox, SimConfig
+from ollamux.backends.sim.ollama import SimBox, SimConfig
 
 
 class CountingBox(SimBox):

@@ -122,7 +122,7 @@ class Stack(contextlib.ExitStack):
         return proc
 
     def box(self, name: str = "gpu-a", *, box_script: str | None = None, **flags: Any) -> Box:
-        """A simulated Ollama box (``python -m backends.simulated``) with llama3.2 loaded."""
+        """A simulated Ollama box (``-m ollamux.backends.sim.ollama``) with llama3.2 loaded."""
         port = free_port()
         options = {
             "models": "llama3.2",
@@ -130,7 +130,7 @@ class Stack(contextlib.ExitStack):
             "num_parallel": 64,
             **flags,
         }
-        argv = [PY, "-m", "backends.simulated"] if box_script is None else [PY, box_script]
+        argv = [PY, "-m", "ollamux.backends.sim.ollama"] if box_script is None else [PY, box_script]
         argv += ["--port", str(port), "--name", name]
         for key, value in options.items():
             argv += ["--" + key.replace("_", "-"), str(value)]

@@ -217,7 +217,7 @@ def make_app(client_name: str, box: str) -> Starlette:
 
 
 async def serve(app: Starlette, port: int, server: str) -> None:
-    from backends.server import serve as serve_app  # the same servers as ollamux's
+    from ollamux.routing.api.server import serve as serve_app  # the same servers as ollamux's
 
     await serve_app(app, "127.0.0.1", port, "warning", server)  # type: ignore[arg-type]
 

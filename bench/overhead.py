@@ -1,6 +1,6 @@
 """Overhead: what ollamux adds to talking to one simulated box directly.
 
-One box answering instantly (``python -m backends.simulated``), ollamux in front of it
+One box answering instantly (``python -m ollamux.backends.sim.ollama``), ollamux in front of it
 (``python app.py``), and the load generator (``bench/_load.py``), three processes on
 loopback sharing the machine's cores. Every figure is measured for ollamux and for the
 box directly in the same run, interleaved, and reported as a ratio:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from backends.state import BoxState, Fleet, Usage
-from routing.policies import NO_SIGNALS, POLICIES, Context, Signals
+from ollamux.routing.policies import NO_SIGNALS, POLICIES, Context, Signals
+from ollamux.routing.state import BoxState, Fleet, Usage
 
 
 class Tier(IntEnum):

@@ -17,22 +17,31 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
-from backends.errors import ModelNotFound, NoCapacity, TooManyRequests
-from backends.prober import Prober
-from backends.settings import Settings
-from backends.state import Usage
-from routing.affinity import AffinityTable
-from routing.choose import Candidate, NoRoute, Request, Tier, choose, no_route, rank
-from routing.explain import explain, route_reason
-from routing.ledger import Lease, Ledger
-from routing.policies import Signals
-from routing.traffic import Traffic
-from routing.waiting import Ticket, Waiter, WaitingRoom
+from ollamux.routing.affinity import AffinityTable
+from ollamux.routing.choose import Candidate, NoRoute, Request, Tier, choose, no_route, rank
+from ollamux.routing.errors import ModelNotFound, NoCapacity, TooManyRequests
+from ollamux.routing.explain import explain, route_reason
+from ollamux.routing.ledger import Lease, Ledger
+from ollamux.routing.policies import Signals
+from ollamux.routing.settings import Settings
+from ollamux.routing.state import Fleet, Usage
+from ollamux.routing.traffic import Traffic
+from ollamux.routing.waiting import Ticket, Waiter, WaitingRoom
 
 log = logging.getLogger("ollamux.routing")
 NORMAL = Ticket()
+
+
+class FleetSource(Protocol):
+    """What the dispatcher needs of whatever keeps the fleet's state (the prober)."""
+
+    @property
+    def fleet(self) -> Fleet: ...
+
+    async def refresh_models(self) -> None:
+        """Look at every box's model list again now (coalesced)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +50,7 @@ class Wait:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, ledger: Ledger, prober: Prober, rng: random.Random):
+    def __init__(self, settings: Settings, ledger: Ledger, prober: FleetSource, rng: random.Random):
         self._settings = settings
         self._ledger = ledger
         self._prober = prober

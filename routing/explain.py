@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.state import BoxState, Fleet, Usage
-from routing.choose import Candidate, NoRoute, Request, Tier, no_route, rank
-from routing.policies import Signals
+from ollamux.routing.choose import Candidate, NoRoute, Request, Tier, no_route, rank
+from ollamux.routing.policies import Signals
+from ollamux.routing.state import BoxState, Fleet, Usage
 
 TIERS = {Tier.LOADED_FREE: "loaded, free slot", Tier.FREE: "free slot", Tier.SATURATED: "saturated"}
 

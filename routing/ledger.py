@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import TypeVar
 
-from backends.state import Usage
+from ollamux.routing.state import Usage
 
 T = TypeVar("T")
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from backends.state import Health
+from ollamux.routing.state import Health
 
 if TYPE_CHECKING:
-    from routing.choose import Candidate, Request
+    from ollamux.routing.choose import Candidate, Request
 
 Key = tuple[float, ...]
 

@@ -8,13 +8,13 @@ import asyncio
 from collections.abc import Callable
 from types import MappingProxyType
 
-from backends.accounting import Counts
-from backends.settings import Settings
-from routing.fairness import FairShare
-from routing.latency import Speeds
-from routing.limits import BoxLimits
-from routing.policies import Signals
-from routing.waiting import Ticket
+from ollamux.routing.accounting import Counts
+from ollamux.routing.fairness import FairShare
+from ollamux.routing.latency import Speeds
+from ollamux.routing.limits import BoxLimits
+from ollamux.routing.policies import Signals
+from ollamux.routing.settings import Settings
+from ollamux.routing.waiting import Ticket
 
 
 class Traffic:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
-from routing.choose import Request
+from ollamux.routing.choose import Request
 
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 

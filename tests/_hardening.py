@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 
-from app import create_app
-from backends.settings import parse_settings
-from backends.simulated import SimBox, SimConfig
-from backends.simulated_llama import LlamaConfig, SimLlama
+from ollamux.app import create_app
+from ollamux.backends.sim.llama_server import LlamaConfig, SimLlama
+from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.settings import parse_settings
 from tests.conftest import serve_app
 
 # Every POST route ollamux serves for both APIs (tests/openapi.yaml documents them).

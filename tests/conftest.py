@@ -15,10 +15,10 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from app import create_app
-from backends.settings import Settings, parse_settings
-from backends.simulated import SimBox, SimConfig
-from routing.services import Services
+from ollamux.app import create_app
+from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.api.services import Services
+from ollamux.routing.settings import Settings, parse_settings
 
 
 @asynccontextmanager

@@ -8,8 +8,8 @@ import ollama
 import orjson
 import pytest
 
-from backends.accounting import NOTHING, Counts, read_counts
-from backends.simulated import SimConfig
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.routing.accounting import NOTHING, Counts, read_counts
 
 
 def ndjson(*lines: dict[str, Any]) -> bytes:

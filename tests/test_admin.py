@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
-from app import create_app
-from backends.settings import load_settings
-from backends.simulated import SimBox, SimConfig
+from ollamux.app import create_app
+from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.settings import load_settings
 from tests.conftest import serve_app
 
 M = "llama3.2"

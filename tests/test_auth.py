@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends.settings import ClientKey, ConfigError, parse_settings
-from backends.simulated import SimConfig
-from routing.auth import COOKIE, Access, Keys, Sessions, access, session_token
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.routing.api.auth import COOKIE, Access, Keys, Sessions, access, session_token
+from ollamux.routing.settings import ClientKey, ConfigError, parse_settings
 from tests.conftest import Cluster, run_cluster, serve_app
 
 M = "llama3.2"

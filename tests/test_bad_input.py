@@ -17,8 +17,8 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from backends.settings import Limits
-from backends.simulated import SimConfig
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.routing.settings import Limits
 from tests.conftest import Cluster, run_cluster
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

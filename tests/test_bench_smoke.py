@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from app import parse_args
-from backends import server
+from ollamux.app import parse_args
+from ollamux.routing.api import server
 
 
 def test_uvicorn_is_the_default_server() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backends.breaker import Breaker, BreakerState
+from ollamux.routing.breaker import Breaker, BreakerState
 
 
 def test_opens_after_consecutive_failures_only() -> None:

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from app import create_app
-from backends.settings import parse_settings
+from ollamux.app import create_app
+from ollamux.routing.settings import parse_settings
 from tests.conftest import serve_app
 
 CHUNKS = [

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from backends.state import BoxState, Fleet, Health
-from routing.choose import NoRoute, Request, Tier, choose, rank
+from ollamux.routing.choose import NoRoute, Request, Tier, choose, rank
+from ollamux.routing.state import BoxState, Fleet, Health
 
 M = "llama3.2:latest"
 

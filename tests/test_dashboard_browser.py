@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app import create_app
-from backends.demo import demo_cluster
-from backends.settings import parse_settings
-from backends.simulated import SimBox, SimConfig
+from ollamux.app import create_app
+from ollamux.backends.sim.demo import demo_cluster
+from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.settings import parse_settings
 from tests.conftest import serve_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from backends.demo import DEMO_BOXES, DemoTraffic, traffic_url
+from ollamux.backends.sim.demo import DEMO_BOXES, DemoTraffic, traffic_url
 from tests.conftest import Cluster
 
 

@@ -15,8 +15,8 @@ import httpx
 import orjson
 import uvicorn
 
-from app import create_app
-from backends.simulated import SimBox, SimConfig
+from ollamux.app import create_app
+from ollamux.backends.sim.ollama import SimBox, SimConfig
 from tests.conftest import Cluster, cluster_settings
 
 

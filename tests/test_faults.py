@@ -20,9 +20,9 @@ import httpx
 import orjson
 from aiohttp import web
 
-from app import create_app
-from backends.settings import parse_settings
-from backends.simulated import SimConfig
+from ollamux.app import create_app
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.routing.settings import parse_settings
 from tests.conftest import Cluster, serve_app
 
 M = "llama3.2"

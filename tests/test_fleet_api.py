@@ -15,8 +15,7 @@ import ollama
 import orjson
 import pytest
 
-from backends.errors import ModelNotFound, ProxyError
-from backends.fleet import (
+from ollamux.backends.model_ops.fleet import (
     BoxResult,
     Progress,
     is_unload,
@@ -25,12 +24,13 @@ from backends.fleet import (
     verdict,
     zero_keep_alive,
 )
-from backends.fleet_io import load_model, unload_model
-from backends.simbox_store import layers
-from backends.simulated import SimConfig
-from backends.simulated_llama import LlamaConfig
-from backends.state import BoxState, Fleet, Health
-from routing.services import Services
+from ollamux.backends.model_ops.io import load_model, unload_model
+from ollamux.backends.sim.llama_server import LlamaConfig
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.backends.sim.store import layers
+from ollamux.routing.api.services import Services
+from ollamux.routing.errors import ModelNotFound, ProxyError
+from ollamux.routing.state import BoxState, Fleet, Health
 from tests.conftest import Cluster
 from tests.test_llama_server import GGUF, mixed
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from backends.settings import ConfigError, parse_settings
-from backends.simulated import SimConfig
-from routing.history import Batch, History
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.routing.observe.history import Batch, History
+from ollamux.routing.settings import ConfigError, parse_settings
 
 BOX = SimConfig(name="a", preloaded=["llama3.2"], default_tokens=9)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from routing.ledger import Lease, Ledger
+from ollamux.routing.ledger import Lease, Ledger
 
 
 async def test_lease_and_release_once() -> None:

@@ -17,10 +17,10 @@ import openai
 import orjson
 import pytest
 
-from backends.errors import ProxyError
-from backends.settings import Limits, parse_settings
-from backends.simulated import SimConfig
-from routing.client_limits import _counted, verdict
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.routing.api.client_limits import _counted, verdict
+from ollamux.routing.errors import ProxyError
+from ollamux.routing.settings import Limits, parse_settings
 from tests.conftest import Cluster, run_cluster
 
 M = "llama3.2"

@@ -16,10 +16,10 @@ import orjson
 from aiohttp import web
 from starlette.applications import Starlette
 
-from app import create_app
-from backends.settings import parse_settings
-from backends.simulated import SimBox, SimConfig
-from backends.simulated_llama import LlamaConfig, SimLlama
+from ollamux.app import create_app
+from ollamux.backends.sim.llama_server import LlamaConfig, SimLlama
+from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.settings import parse_settings
 from tests.conftest import serve_app
 
 GGUF = "bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M"

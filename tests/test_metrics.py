@@ -11,7 +11,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from backends.simulated import SimConfig
+from ollamux.backends.sim.ollama import SimConfig
 from tests.conftest import Cluster, run_cluster
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

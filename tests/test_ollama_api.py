@@ -11,7 +11,7 @@ import ollama
 import orjson
 import pytest
 
-from backends.simulated import SimConfig
+from ollamux.backends.sim.ollama import SimConfig
 from tests.conftest import Cluster
 
 MSG = [{"role": "user", "content": "Why is the sky blue?"}]

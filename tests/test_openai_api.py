@@ -14,10 +14,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from app import create_app
-from backends.settings import parse_settings
-from backends.simulated import SimConfig
-from backends.simulated_llama import LlamaConfig
+from ollamux.app import create_app
+from ollamux.backends.sim.llama_server import LlamaConfig
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.routing.settings import parse_settings
 from tests.conftest import serve_app
 from tests.test_llama_server import GGUF, MSG, TOOL, mixed
 

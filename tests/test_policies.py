@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from backends.simulated import SimConfig
-from backends.state import BoxState, Fleet, Health
-from routing.choose import NoRoute, Request, choose, rank
-from routing.fairness import FairShare, user_of
-from routing.limits import BoxLimits, retry_after
-from routing.policies import NO_SIGNALS, Signals
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.routing.choose import NoRoute, Request, choose, rank
+from ollamux.routing.fairness import FairShare, user_of
+from ollamux.routing.limits import BoxLimits, retry_after
+from ollamux.routing.policies import NO_SIGNALS, Signals
+from ollamux.routing.state import BoxState, Fleet, Health
 from tests.conftest import Cluster
 
 M = "llama3.2:latest"

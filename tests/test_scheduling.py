@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import orjson
 
-from backends.simulated import SimConfig
+from ollamux.backends.sim.ollama import SimConfig
 from tests.conftest import Cluster
 
 M = "llama3.2"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.settings import ConfigError, load_settings, parse_settings
+from ollamux.routing.settings import ConfigError, load_settings, parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ import openai
 import orjson
 import pytest
 
-from backends.simulated import SimBox, SimConfig
+from ollamux.backends.sim.ollama import SimBox, SimConfig
 from tests.conftest import Cluster, run_cluster
 
 M = "llama3.2"

@@ -22,8 +22,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from backends.simbox_store import layers
-from backends.simulated import BUSY, SimBox, SimConfig, parse_keep_alive
+from ollamux.backends.sim.ollama import BUSY, SimBox, SimConfig, parse_keep_alive
+from ollamux.backends.sim.store import layers
 
 # Field lists from Ollama's docs/api.md (github.com/ollama/ollama): "List Local Models",
 # "List Running Models", "Show Model Information", "Generate Embeddings", and the streamed
@@ -742,7 +742,7 @@ async def test_sim_stats_over_http(box: SimBox, http: httpx.AsyncClient) -> None
 async def test_command_line_serves_until_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "backends.simulated", "--port", "0", "--name", "gpu-a"),
+        *("-m", "ollamux.backends.sim.ollama", "--port", "0", "--name", "gpu-a"),
         *("--models", "llama3.2,qwen2.5:7b", "--preload", "llama3.2", "--num-parallel", "3"),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

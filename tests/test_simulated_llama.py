@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 
-from backends.simulated_llama import LlamaConfig, SimLlama
+from ollamux.backends.sim.llama_server import LlamaConfig, SimLlama
 
 MODEL = "org/Tiny-GGUF:Q4_K_M"
 OTHER = "org/Other-GGUF:Q8_0"

@@ -86,7 +86,7 @@ def fleet(tmp: Path, clients: int) -> Iterator[Soak]:
         for i in range(BOXES):
             port = free_port()
             name = f"gpu-{i}"
-            argv = [sys.executable, "-m", "backends.simulated", "--port", str(port)]
+            argv = [sys.executable, "-m", "ollamux.backends.sim.ollama", "--port", str(port)]
             argv += ["--name", name, "--models", M, "--preload", M]
             argv += ["--num-parallel", str(slots), "--tokens-per-s", "20"]
             argv += ["--default-tokens", str(TOKENS), "--max-queue", str(clients)]

@@ -12,12 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from backends import translate_ollama_client as to_openai
-from backends import translate_openai_client as to_ollama
-from backends.errors import BadRequest
-from backends.settings import ConfigError, parse_settings
-from backends.state import BoxState, model_key
-from backends.translate_common import (
+from ollamux.backends.translate import ollama_client as to_openai
+from ollamux.backends.translate import openai_client as to_ollama
+from ollamux.backends.translate.common import (
     done_reason,
     finish_reason,
     image_data,
@@ -27,7 +24,10 @@ from backends.translate_common import (
     response_format,
     think_effort,
 )
-from backends.translate_plans import for_ollama_client, for_openai_client
+from ollamux.backends.translate.plans import for_ollama_client, for_openai_client
+from ollamux.routing.errors import BadRequest
+from ollamux.routing.settings import ConfigError, parse_settings
+from ollamux.routing.state import BoxState, model_key
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 8).decode()
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\x00" * 8).decode()
@@ -405,7 +405,7 @@ def test_embeddings_round_trip(b64: bool) -> None:
 
 
 def _unpack(text: str) -> list[float]:
-    from backends.translate_common import base64_floats
+    from ollamux.backends.translate.common import base64_floats
 
     return base64_floats(text)
 

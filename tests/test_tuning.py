@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from backends.accounting import Counts
-from backends.simulated import SimConfig
-from routing.tuning import MIN_SAMPLES, Level, Timeline, Tuning, suggest
+from ollamux.backends.sim.ollama import SimConfig
+from ollamux.routing.accounting import Counts
+from ollamux.routing.observe.tuning import MIN_SAMPLES, Level, Timeline, Tuning, suggest
 from tests.conftest import Cluster
 
 

@@ -29,9 +29,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app import create_app
-from backends.settings import parse_settings
-from backends.simulated import SimBox, SimConfig
+from ollamux.app import create_app
+from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.settings import parse_settings
 from tests.conftest import serve_app
 from tests.realbox.tiny_gguf import cached_model
 

@@ -1,0 +1,159 @@
+"""Ollama's API, served for many boxes as if they were one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ollamux.backends.model_ops.fleet import is_unload
+from ollamux.backends.relay import Exchange
+from ollamux.backends.translate.models import find_tag
+from ollamux.backends.translate.models import show as show_card
+from ollamux.backends.translate.plans import Routed, for_ollama_client
+from ollamux.routing.affinity import conversation_key
+from ollamux.routing.api import models as fleet_api
+from ollamux.routing.api.body import read_json, require_model
+from ollamux.routing.api.services import Services, make_ticket
+from ollamux.routing.state import Fleet, canonical_model
+
+# How a client's request becomes what each kind of box gets (backends.translate.plans).
+Translate = Callable[[str, bytes, dict[str, Any], str, str], Routed]
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def inference(request: Request) -> Any:
+    """chat, generate, embed, embeddings: routed to a box and holding one of its slots."""
+    return await _forward(request, slot=True)
+
+
+async def show(request: Request) -> Any:
+    """Model details: any Ollama box that has the model can answer; takes no slot. A
+    model only other kinds of box serve gets a minimal answer from its card."""
+    _, doc = await read_json(request)
+    svc = services(request)
+    key = svc.model_key(require_model(doc, "model" if "model" in doc else "name"))
+    fleet = svc.prober.fleet
+    if not any(b.kind == "ollama" and b.routable and key in b.models for b in fleet.boxes):
+        tag = next((t for b in fleet.boxes if b.routable and (t := find_tag(b, key))), None)
+        if tag is not None:
+            return JSON(show_card(tag))
+    return await _forward(request, slot=False)
+
+
+async def _forward(request: Request, *, slot: bool) -> Any:
+    body, doc = await read_json(request)
+    # /api/show still accepts the older "name" field.
+    model = require_model(doc, "model" if "model" in doc or slot else "name")
+    path: str = request.scope["path"]  # not request.url: building a URL costs 5 us
+    if path in ("/api/chat", "/api/generate") and is_unload(path == "/api/chat", doc):
+        return await fleet_api.unload(request, doc, model)  # everywhere it is loaded
+    chat = path in ("/api/chat", "/api/generate")
+    return await proxy(request, path, model, body, doc, for_ollama_client, chat=chat, slot=slot)
+
+
+async def proxy(
+    request: Request,
+    path: str,
+    model: str,
+    body: bytes,
+    doc: dict[str, Any],
+    translate: Translate,
+    *,
+    chat: bool,
+    slot: bool = True,
+) -> Exchange:
+    """Either API's request, placed and ready to forward: ``translate`` says what each
+    kind of box gets; ``chat`` requests have a conversation to keep on its box."""
+    svc = services(request)
+    key = svc.model_key(model)
+    routed = translate(path, body, doc, model, key)
+    routed.check(svc.prober.fleet, key)
+    conversation = None
+    if chat:
+        conversation = conversation_key(model, doc, request.headers.get("x-session-id"))
+    req = svc.dispatcher.request(key, conversation=conversation, kinds=routed.kinds)
+    ticket = make_ticket(request.headers, doc, body, getattr(request.state, "key_name", None))
+    return await svc.exchange(
+        req,
+        model,
+        plan=routed.plan,
+        headers=request.headers,
+        path=path,
+        slot=slot,
+        conversation=conversation,
+        ticket=ticket,
+    )
+
+
+async def tags(request: Request) -> Response:
+    return JSON({"models": merged_tags(services(request).prober.fleet)})
+
+
+async def ps(request: Request) -> Response:
+    fleet = services(request).prober.fleet
+    return JSON({"models": [m for box in fleet.boxes if box.routable for m in box.running]})
+
+
+async def version(request: Request) -> Response:
+    return JSON({"version": lowest_version(services(request).prober.fleet)})
+
+
+def merged_tags(fleet: Fleet) -> list[Any]:
+    """Every model some reachable box has, once (the first box in config order wins)."""
+    seen: set[str] = set()
+    models = []
+    for box in fleet.boxes:
+        if not box.routable:
+            continue
+        for entry in box.tags:
+            name = canonical_model(entry["name"])
+            if name not in seen:
+                seen.add(name)
+                models.append(entry)
+    return models
+
+
+def lowest_version(fleet: Fleet) -> str:
+    """The oldest Ollama in the fleet: clients may only use what every box supports."""
+    versions = [b.version for b in fleet.boxes if b.version and b.kind == "ollama"]
+    return min(versions, key=_version_key) if versions else "0.0.0"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split("-")[0].split("."):
+        parts.append(int(part) if part.isdigit() else 0)
+    return tuple(parts)
+
+
+routes: list[BaseRoute] = [
+    Route("/", root, methods=["GET"]),
+    Route("/api/chat", inference, methods=["POST"]),
+    Route("/api/generate", inference, methods=["POST"]),
+    Route("/api/embed", inference, methods=["POST"]),
+    Route("/api/embeddings", inference, methods=["POST"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/tags", tags, methods=["GET"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/version", version, methods=["GET"]),
+]
