@@ -1,7 +1,8 @@
 """ollamux: one Ollama URL in front of many GPU boxes.
 
 The composition root: settings in, a Starlette app out (``create_app``), and the command
-line (``main``) that serves it. See README.md for the contracts and docs/architecture.md for the layers.
+line (``main``) that serves it. README.md has the contracts, docs/architecture.md the
+layers.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Events (``event:`` name, ``data:`` one JSON object):
 
-- ``snapshot``: the status contract (README, "Dashboard and metrics"), one at once on connect, then on every
+- ``snapshot``: the status contract (README), one at once on connect, then on every
   change, at most one per ``min_gap`` seconds. Its ``id`` is the board's version: a gap
   in ids means snapshots were coalesced or skipped for this subscriber.
 - ``stats``: rates, charts, recent requests and tuning figures (``Stats.view``), one on
