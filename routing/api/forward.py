@@ -47,11 +47,11 @@ async def proxy(
     svc = services(request)
     key = svc.model_key(model)
     routed = translate(path, body, doc, model, key)
-    routed.check(svc.prober.fleet, key)
+    kinds = routed.check(svc.prober.fleet, key)
     conversation = None
     if chat:
         conversation = conversation_key(model, doc, request.headers.get("x-session-id"))
-    req = svc.dispatcher.request(key, conversation=conversation, kinds=routed.kinds)
+    req = svc.dispatcher.request(key, conversation=conversation, kinds=kinds)
     ticket = make_ticket(request.headers, doc, body, getattr(request.state, "key_name", None))
     return await svc.exchange(
         req,
