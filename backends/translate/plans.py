@@ -39,7 +39,9 @@ class Routed:
         if self.error is None or not fleet.knows(key):
             return
         kinds = self.kinds
-        if not any(b.routable and key in b.models and b.kind in (kinds or ()) for b in fleet.boxes):
+        # A box of a fitting kind that is down now still counts: the dispatcher then says
+        # 503 and why, as for any model whose boxes are down.
+        if not any(key in b.models and b.kind in (kinds or ()) for b in fleet.boxes):
             raise self.error
 
 
