@@ -308,6 +308,7 @@ def check_main(argv: Sequence[str]) -> None:
     from ollamux.backends.check import check
 
     args = parse_check_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the table says what the probes found
     try:
         settings = settings_from(args)
     except ConfigError as exc:
