@@ -113,7 +113,18 @@ async def tags(request: Request) -> Response:
 
 async def ps(request: Request) -> Response:
     fleet = services(request).prober.fleet
-    return JSON({"models": [m for box in fleet.boxes if box.routable for m in box.running]})
+    # A model loaded on two boxes is two rows: each says its box, in a field Ollama's
+    # clients ignore (the official client and `ollama ps` parse the rest as ever).
+    return JSON(
+        {
+            "models": [
+                {**m, "ollamux_endpoint": box.name}
+                for box in fleet.boxes
+                if box.routable
+                for m in box.running
+            ]
+        }
+    )
 
 
 async def version(request: Request) -> Response:
