@@ -186,3 +186,24 @@ def test_the_start_up_log_names_the_config_the_boxes_and_the_address(tmp_path: P
     assert str(path) in text, text
     assert f"gpu-a ({box}, ollama)" in text, text
     assert f"listening on http://127.0.0.1:{port}" in text, text
+
+
+def test_the_example_config_starts_as_is(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("GPU_A_KEY", "OLLAMUX_API_KEY")}
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*_command(), "--config", str(REPO / "ollamux.example.yaml"), "--port", str(port)],
+        cwd=tmp_path,  # stats.path is relative: its file lands here
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        names = _wait_for_endpoints(base, proc)
+        assert names[0] == "gpu-a" and len(names) >= 2
+        # No client key needed: auth is a commented variant in the example.
+        assert httpx.get(f"{base}/api/tags", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -75,11 +75,28 @@ def test_defaults() -> None:
     assert settings.api_keys == ()
 
 
-def test_example_config_parses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPU_A_KEY", "x")
-    monkeypatch.setenv("OLLAMUX_API_KEY", "y")
+def test_example_config_parses_as_is_with_no_keys_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GPU_A_KEY", "OLLAMUX_API_KEY", "ALICE_KEY"):
+        monkeypatch.delenv(var, raising=False)
     settings = load_settings(REPO / "ollamux.example.yaml")
     assert len(settings.endpoints) >= 2
+    assert settings.client_keys == ()  # a first run needs no client key
+    assert all(ep.api_key is None for ep in settings.endpoints)
+
+
+def test_the_examples_commented_keys_variant_parses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncommenting the lines marked ``#>`` switches keys on, as the file says."""
+    monkeypatch.setenv("GPU_A_KEY", "box-key")
+    monkeypatch.setenv("OLLAMUX_API_KEY", "client-key")
+    text = (REPO / "ollamux.example.yaml").read_text()
+    assert "#>" in text
+    variant = tmp_path / "keys.yaml"
+    variant.write_text(text.replace("#> ", "").replace("#>", ""))
+    settings = load_settings(variant)
+    assert settings.endpoints[0].api_key == "box-key"
+    assert settings.api_keys == ("client-key",)
 
 
 def test_nomyo_router_config_accepted_unchanged(tmp_path: Path) -> None:
