@@ -215,6 +215,7 @@ class Exchange:
         """Place the request and send it; before the first byte reaches the client, a box
         that fails (unreachable, reset, timeout, 5xx) is replaced by the next best."""
         failed: set[str] = set()
+        reasons: list[str] = []
         try:
             self._lease, self._target = await self._place(frozenset())
             while True:
@@ -230,9 +231,11 @@ class Exchange:
                 except UpstreamError as exc:
                     self._on_failure(target.box)
                     failed.add(target.box)
+                    reasons.append(exc.message)
                     if not await self._next_box(failed):
-                        self.outcome.status = exc.status
-                        raise
+                        error = _unreachable(exc, reasons)
+                        self.outcome.status = error.status
+                        raise error from exc
                     continue
                 if resp.status >= 500 or resp.status == 429:
                     if resp.status == 429:  # rate-limited: it rests, no mark against health
@@ -345,6 +348,14 @@ class Exchange:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+
+
+def _unreachable(exc: UpstreamError, reasons: list[str]) -> ProxyError:
+    """No box could be reached for this request: that is the fleet being down, a 503 with
+    Retry-After naming the boxes tried and why (a box that timed out stays a 504)."""
+    if type(exc) is not UpstreamError:
+        return exc
+    return NoCapacity(f"no box could take the request: {'; '.join(reasons)}", retry_after=5)
 
 
 def _error_tail(content_type: str, exc: ProxyError) -> bytes:

@@ -98,3 +98,9 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamBadAnswer(UpstreamError):
     """The box is reachable but answered a probe with an error status or bad JSON."""
+
+    def __init__(self, message: str, *, box: str, status: int | None = None) -> None:
+        super().__init__(message, box=box)
+        # The HTTP status it answered (None: a 2xx with a body not of its kind). A 5xx
+        # is a box of its kind that cannot serve now; a 4xx is no box of its kind here.
+        self.answered = status

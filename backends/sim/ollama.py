@@ -416,7 +416,9 @@ class SimBox:
                 return resp
             sent += 1
         counts["eval_duration"] = max(1, time.perf_counter_ns() - t1)
-        final = _final(job, reason, counts, "", generated)  # streamed text is not repeated
+        # Streamed text and tool calls are not repeated: Ollama's final chunk carries only
+        # what its parser found in that last piece (server/routes.go, ChatHandler).
+        final = _final(job, reason, counts, "", generated, streamed=True)
         await self._send(request, resp, sent, orjson.dumps(final) + b"\n")
         return resp
 
@@ -485,10 +487,16 @@ def _message(text: str, **extra: Any) -> dict[str, Any]:
 
 
 def _final(
-    job: _Job, reason: str, counts: dict[str, int], text: str, generated: list[int]
+    job: _Job,
+    reason: str,
+    counts: dict[str, int],
+    text: str,
+    generated: list[int],
+    *,
+    streamed: bool = False,
 ) -> dict[str, Any]:
     out = _head(job, text)
-    if job.tool is not None:
+    if job.tool is not None and not streamed:
         out["message"]["tool_calls"] = _tool_calls(job.tool)
     out.update(done=True, done_reason=reason)
     if not job.chat:

@@ -60,12 +60,11 @@ def openai_model(tag: Mapping[str, Any], owner: str) -> dict[str, Any]:
 
 
 def openai_models(boxes: Iterable[BoxState]) -> list[dict[str, Any]]:
-    """Every model some reachable box has, once, in OpenAI's shape (config order wins)."""
+    """Every model some box has listed, once, in OpenAI's shape (config order wins); a
+    box that is down keeps its models here, as in /api/tags."""
     seen: set[str] = set()
     out = []
     for box in boxes:
-        if not box.routable:
-            continue
         owner = "library" if box.kind == "ollama" else box.kind
         for tag in box.tags:
             key = canonical_model(tag["name"])

@@ -56,11 +56,9 @@ class Routed:
 
 
 def _served(fleet: Fleet, key: str, kinds: frozenset[str] | tuple[()]) -> bool:
-    return any(b.routable and key in b.models and b.kind in kinds for b in fleet.boxes)
-
-
-def _served(fleet: Fleet, key: str, kinds: frozenset[str] | tuple[()]) -> bool:
-    return any(b.routable and key in b.models and b.kind in kinds for b in fleet.boxes)
+    # A box of a fitting kind that is down now still counts: the dispatcher then says
+    # 503 and why, as for any model whose boxes are down.
+    return any(key in b.models and b.kind in kinds for b in fleet.boxes)
 
 
 def speaks_openai(box: BoxState) -> bool:
