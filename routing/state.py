@@ -53,6 +53,9 @@ class BoxState:
     weight: float = 1.0  # share of traffic under the weighted-random strategy
     draining: bool = False  # no new requests (maintenance, or removed from the config)
     openai_api: bool | None = None  # an Ollama box also serves OpenAI's /v1 (None: unknown)
+    # Routes the box answered 404 on where their translation worked (``/v1/responses`` on
+    # an older server): they are translated for it until its version changes.
+    lacking: frozenset[str] = frozenset()
 
     @property
     def routable(self) -> bool:

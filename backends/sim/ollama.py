@@ -36,6 +36,7 @@ from ollamux.backends.sim.engine import (
     SimStats,
     answer_tokens,
     chat_prompt,
+    detached_lease,
     digest,
     embedding,
     family,
@@ -56,6 +57,7 @@ from ollamux.backends.sim.http import (
     normalize,
     read_object,
 )
+from ollamux.backends.sim.responses import Handler as ResponsesHandler
 from ollamux.backends.sim.store import Store
 
 __all__ = [
@@ -74,6 +76,7 @@ _FAULT_POLL_S = 0.01  # how often a hanging fault looks whether it was switched 
 _SHUTDOWN_S = 0.1  # stop() grants in-flight requests this long before cancelling them
 _CONTEXT_LENGTH = 4096
 _MODIFIED_AT = "2025-06-01T12:00:00.000000+00:00"
+_CLOUD = "https://ollama.com:443"
 
 
 @dataclass
@@ -94,6 +97,9 @@ class SimConfig:
     version: str = "0.12.6"
     embedding_dim: int = 8
     pull_time: float = 0.0  # seconds a /api/pull of a model the box lacks takes
+    # Cloud models among ``models``: listed with remote_host, answered without a local slot
+    # (Ollama forwards them to ollama.com); /v1/responses is served from version 0.13.3.
+    remote: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -185,6 +191,7 @@ class SimBox:
         # The models on "disk" and the routes that change them (pull, create, delete, ...).
         self.store = Store(config.models, config, self.faults, self._scheduler.unload)
         self._runner: web.AppRunner | None = None
+        self.responses = ResponsesHandler(self._version_text, self._chat_url)
 
     async def __aenter__(self) -> SimBox:
         await self.start()
@@ -244,10 +251,20 @@ class SimBox:
             web.post("/api/generate", guard(partial(self._infer, chat=False))),
             web.post("/api/embed", guard(partial(self._embed, legacy=False))),
             web.post("/api/embeddings", guard(partial(self._embed, legacy=True))),
+            web.post("/v1/responses", self.responses.handle),
             *self.store.routes(),
         ]
 
     # -- metadata routes ----------------------------------------------------------
+
+    def _version_text(self) -> str:
+        return self.config.version
+
+    def _chat_url(self) -> str:
+        return self.url + "/api/chat"
+
+    def _remote(self, name: str) -> bool:
+        return name in {normalize(m) for m in self.config.remote}
 
     async def _root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running")
@@ -259,6 +276,9 @@ class SimBox:
         if self.faults.tags_fail:
             return error_response(500, "simulated failure")
         cards = [{**_card(n), "modified_at": _MODIFIED_AT} for n in self.store.models]
+        for card in cards:
+            if self._remote(card["name"]):
+                card.update(remote_model=card["name"].removesuffix("-cloud"), remote_host=_CLOUD)
         return json_response({"models": cards})
 
     async def _ps(self, request: web.Request) -> web.Response:
@@ -335,6 +355,12 @@ class SimBox:
         self._known(job.model)
         if job.is_load:
             return await self._load_or_unload(job)
+        if self._remote(job.name):  # forwarded to the cloud: no local slot, no queue
+            self.stats.active += 1
+            try:
+                return await self._answer(request, job, detached_lease(job.name))
+            finally:
+                self.stats.active -= 1
         try:
             async with self._scheduler.lease(job.name, job.prompt, job.keep_alive) as lease:
                 return await self._answer(request, job, lease)
@@ -416,7 +442,8 @@ class SimBox:
                 return resp
             sent += 1
         counts["eval_duration"] = max(1, time.perf_counter_ns() - t1)
-        final = _final(job, reason, counts, "", generated)  # streamed text is not repeated
+        # Streamed text and tool calls are not repeated in the final line (as Ollama's).
+        final = _final(job, reason, counts, "", generated, streamed=True)
         await self._send(request, resp, sent, orjson.dumps(final) + b"\n")
         return resp
 
@@ -485,10 +512,16 @@ def _message(text: str, **extra: Any) -> dict[str, Any]:
 
 
 def _final(
-    job: _Job, reason: str, counts: dict[str, int], text: str, generated: list[int]
+    job: _Job,
+    reason: str,
+    counts: dict[str, int],
+    text: str,
+    generated: list[int],
+    *,
+    streamed: bool = False,
 ) -> dict[str, Any]:
     out = _head(job, text)
-    if job.tool is not None:
+    if job.tool is not None and not streamed:
         out["message"]["tool_calls"] = _tool_calls(job.tool)
     out.update(done=True, done_reason=reason)
     if not job.chat:

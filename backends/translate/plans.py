@@ -33,14 +33,21 @@ class Routed:
     plan: Plan
     kinds: frozenset[str] | None = None  # None: any kind of box can serve it
     error: BadRequest | None = None  # why other kinds cannot
+    # Boxes that cannot take it whatever their kind (one that lacks the client's API and
+    # that the request cannot be translated for); None: the kinds alone say.
+    unable: Callable[[BoxState], bool] | None = None
 
     def check(self, fleet: Fleet, key: str) -> None:
         """Refuse up front a request that only boxes unable to take it could serve."""
         if self.error is None or not fleet.knows(key):
             return
-        kinds = self.kinds
-        if not any(b.routable and key in b.models and b.kind in (kinds or ()) for b in fleet.boxes):
+        if not any(b.routable and key in b.models and self.can(b) for b in fleet.boxes):
             raise self.error
+
+    def can(self, box: BoxState) -> bool:
+        if self.unable is not None:
+            return not self.unable(box)
+        return box.kind in (self.kinds or ())
 
 
 def speaks_openai(box: BoxState) -> bool:
@@ -51,7 +58,7 @@ def for_ollama_client(path: str, body: bytes, doc: dict[str, Any], model: str, k
     """An Ollama route: Ollama boxes get the bytes, others a translation to /v1."""
 
     def native(box: BoxState) -> Outbound:
-        return Outbound(path, _with_model(body, doc, own_id(box, key, model), model))
+        return Outbound(path, with_model(body, doc, own_id(box, key, model), model))
 
     if path not in ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings"):
         return Routed(native, OLLAMA_KINDS)  # /api/show: Ollama boxes only
@@ -83,7 +90,7 @@ def for_openai_client(path: str, body: bytes, doc: dict[str, Any], model: str, k
     the bytes; other Ollama boxes a translation to their native /api."""
 
     def same(box: BoxState) -> Outbound:
-        return Outbound(path, _with_model(body, doc, own_id(box, key, model), model))
+        return Outbound(path, with_model(body, doc, own_id(box, key, model), model))
 
     try:
         native_path, native = _openai_converter(path)(doc)
@@ -112,7 +119,7 @@ def for_openai_client(path: str, body: bytes, doc: dict[str, Any], model: str, k
     return Routed(plan)
 
 
-def _with_model(body: bytes, doc: Mapping[str, Any], own: str, model: str) -> bytes:
+def with_model(body: bytes, doc: Mapping[str, Any], own: str, model: str) -> bytes:
     """The client's bytes, unless the box knows the model by another id: then the same
     body with only ``model`` changed."""
     if own == model:

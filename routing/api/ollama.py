@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -12,13 +13,14 @@ from starlette.routing import BaseRoute, Route
 
 from ollamux.backends.model_ops.fleet import is_unload
 from ollamux.backends.relay import Exchange
-from ollamux.backends.translate.models import find_tag
+from ollamux.backends.translate.models import find_tag, remote_model
 from ollamux.backends.translate.models import show as show_card
 from ollamux.backends.translate.plans import Routed, for_ollama_client
 from ollamux.routing.affinity import conversation_key
 from ollamux.routing.api import models as fleet_api
 from ollamux.routing.api.body import read_json, require_model
 from ollamux.routing.api.services import Services, make_ticket
+from ollamux.routing.errors import ProxyError
 from ollamux.routing.state import Fleet, canonical_model
 
 # How a client's request becomes what each kind of box gets (backends.translate.plans).
@@ -81,17 +83,26 @@ async def proxy(
     *,
     chat: bool,
     slot: bool = True,
+    stream_error: Callable[[ProxyError, bytes], bytes] | None = None,
+    affinity_doc: dict[str, Any] | None = None,
 ) -> Exchange:
     """Either API's request, placed and ready to forward: ``translate`` says what each
-    kind of box gets; ``chat`` requests have a conversation to keep on its box."""
+    kind of box gets; ``chat`` requests have a conversation to keep on its box. A cloud
+    model (one its Ollama boxes forward to a remote host) takes no local slot."""
     svc = services(request)
     key = svc.model_key(model)
+    fleet = svc.prober.fleet
     routed = translate(path, body, doc, model, key)
-    routed.check(svc.prober.fleet, key)
+    routed.check(fleet, key)
     conversation = None
     if chat:
-        conversation = conversation_key(model, doc, request.headers.get("x-session-id"))
+        session = request.headers.get("x-session-id")
+        conversation = conversation_key(model, affinity_doc or doc, session)
     req = svc.dispatcher.request(key, conversation=conversation, kinds=routed.kinds)
+    if routed.unable is not None:
+        unable = routed.unable
+        req = replace(req, exclude=frozenset(b.name for b in fleet.boxes if unable(b)))
+    slot = slot and not remote_model(fleet, key)
     ticket = make_ticket(request.headers, doc, body, getattr(request.state, "key_name", None))
     return await svc.exchange(
         req,
@@ -102,6 +113,7 @@ async def proxy(
         slot=slot,
         conversation=conversation,
         ticket=ticket,
+        stream_error=stream_error,
     )
 
 

@@ -1,0 +1,225 @@
+"""OpenAI's Responses API through ollamux, with the official `openai` SDK and LangChain,
+on every kind of box: an Ollama box that serves /v1/responses (bytes through, the stream
+byte-identical to the box's), an older Ollama box and a llama-server that do not
+(translated, the llama-server learned from its 404 without being marked failed)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+from langchain_openai import ChatOpenAI
+
+from ollamux.app import create_app
+from ollamux.backends.sim.llama_server import LlamaConfig, SimLlama
+from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.breaker import BreakerState
+from ollamux.routing.settings import parse_settings
+from tests.conftest import Cluster, serve_app
+
+MODEL = "qwen3:8b"
+TOOL = {
+    "type": "function",
+    "name": "weather",
+    "description": "the weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+NEW = SimConfig(name="new", models=[MODEL], version="0.13.3")
+OLD = SimConfig(name="old", models=[MODEL])  # 0.12.6: no /v1/responses
+LLAMA = LlamaConfig(name="llama", models=[MODEL])
+BOXES = {"new": (NEW,), "old": (OLD,), "llama": (LLAMA,)}
+
+
+@dataclass
+class Fleet(Cluster):
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    def sdk(self) -> openai.AsyncOpenAI:
+        made = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
+        self.clients.append(made)
+        return made
+
+
+@asynccontextmanager
+async def fleet(*configs: SimConfig | LlamaConfig, **extra: Any) -> AsyncIterator[Fleet]:
+    """Simulated boxes of both kinds and ollamux in front; after the test, no slot held."""
+    async with AsyncExitStack() as stack:
+        boxes: list[Any] = []
+        endpoints = []
+        for config in configs:
+            if isinstance(config, LlamaConfig):
+                box: Any = await stack.enter_async_context(SimLlama(config))
+                endpoints.append({"url": box.url, "name": config.name, "kind": "llama-server"})
+            else:
+                box = await stack.enter_async_context(SimBox(config))
+                endpoints.append({"url": box.url, "name": config.name})
+            boxes.append(box)
+        probe = {"ps": 0.2, "tags": 30.0, "timeout": 2.0, "max_backoff": 0.5}
+        app = create_app(parse_settings({"endpoints": endpoints, "probe": probe, **extra}))
+        url = await stack.enter_async_context(serve_app(app))
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
+        cluster = Fleet(url, boxes, app, http)
+        try:
+            yield cluster
+            await cluster.wait_for(no_slot_held(cluster))
+        finally:
+            for made in cluster.clients:
+                await made.close()
+
+
+def no_slot_held(c: Cluster) -> Any:
+    async def check() -> bool:
+        return not any(c.services.ledger.usage.values())
+
+    return check
+
+
+@pytest.mark.parametrize("kind", ["new", "old", "llama"])
+async def test_create_answers_text(kind: str) -> None:
+    async with fleet(*BOXES[kind]) as c:
+        sdk = c.sdk()
+        answer = await sdk.responses.create(
+            model=MODEL, instructions="be brief", input="what is the sky"
+        )
+        assert answer.status == "completed"
+        assert answer.output_text.strip()
+        assert answer.output[-1].type == "message"
+        assert answer.usage is not None and answer.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("kind", ["old", "llama"])
+async def test_an_answer_cut_at_max_output_tokens_is_incomplete(kind: str) -> None:
+    async with fleet(*BOXES[kind]) as c:
+        answer = await c.sdk().responses.create(
+            model=MODEL, input="tell me a long story", max_output_tokens=3
+        )
+        assert answer.status == "incomplete"
+        assert answer.incomplete_details is not None
+        assert answer.incomplete_details.reason == "max_output_tokens"
+        assert answer.usage is not None and answer.usage.output_tokens == 3
+
+
+@pytest.mark.parametrize("kind", ["new", "old", "llama"])
+async def test_create_calls_a_function_tool(kind: str) -> None:
+    async with fleet(*BOXES[kind]) as c:
+        sdk = c.sdk()
+        answer = await sdk.responses.create(
+            model=MODEL, input="what is the weather in Paris", tools=[TOOL]
+        )
+        calls = [item for item in answer.output if item.type == "function_call"]
+        assert len(calls) == 1 and calls[0].name == "weather"
+        assert isinstance(orjson.loads(calls[0].arguments), dict)
+        assert calls[0].call_id
+        # The tool's result goes back as items; the model answers in text.
+        follow = await sdk.responses.create(
+            model=MODEL,
+            tools=[TOOL],
+            input=[
+                {"role": "user", "content": "what is the weather in Paris"},
+                {
+                    "type": "function_call",
+                    "call_id": calls[0].call_id,
+                    "name": "weather",
+                    "arguments": calls[0].arguments,
+                },
+                {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny"},
+            ],
+        )
+        assert follow.output_text.strip()
+        assert not [item for item in follow.output if item.type == "function_call"]
+
+
+@pytest.mark.parametrize("kind", ["new", "old", "llama"])
+async def test_stream_with_the_sdk(kind: str) -> None:
+    async with fleet(*BOXES[kind]) as c:
+        sdk = c.sdk()
+        stream = await sdk.responses.create(model=MODEL, input="tell me a story", stream=True)
+        events = [event async for event in stream]
+        types = [e.type for e in events]
+        assert types[:2] == ["response.created", "response.in_progress"]
+        assert types[-1] == "response.completed"
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        final = events[-1].response  # type: ignore[union-attr]
+        assert deltas and final.output_text == deltas
+        assert "response.output_text.done" in types and "response.output_item.done" in types
+
+        stream = await sdk.responses.create(
+            model=MODEL, input="what is the weather in Paris", tools=[TOOL], stream=True
+        )
+        events = [event async for event in stream]
+        done = [e for e in events if e.type == "response.function_call_arguments.done"]
+        assert len(done) == 1
+        final = events[-1].response  # type: ignore[union-attr]
+        calls = [item for item in final.output if item.type == "function_call"]
+        assert calls[0].name == "weather" and calls[0].arguments == done[0].arguments
+
+
+async def test_a_box_that_serves_responses_gets_the_bytes() -> None:
+    async with fleet(NEW) as c:
+        body = {"model": MODEL, "input": "tell me a story", "stream": True}
+        async with c.http.stream("POST", "/v1/responses", json=body) as resp:
+            relayed = b"".join([chunk async for chunk in resp.aiter_raw()])
+        assert resp.headers["x-ollamux-endpoint"] == "new"
+        assert relayed == c.box("new").responses.last_stream != b""
+
+
+async def test_a_404_on_responses_is_learned_not_a_failure() -> None:
+    async with fleet(LLAMA) as c:
+        sdk = c.sdk()
+        answer = await sdk.responses.create(model=MODEL, input="hello")
+        assert answer.output_text.strip()
+        box = c.services.prober.fleet.by_name["llama"]
+        assert box.lacking == frozenset({"/v1/responses"})
+        assert box.breaker is BreakerState.CLOSED and box.health == "healthy"
+        assert (await sdk.responses.create(model=MODEL, input="again")).output_text.strip()
+
+
+async def test_an_unknown_model_is_not_mistaken_for_a_missing_route() -> None:
+    async with fleet(LLAMA) as c:
+        with pytest.raises(openai.NotFoundError):
+            await c.sdk().responses.create(model="nope:1b", input="hello")
+        assert c.services.prober.fleet.by_name["llama"].lacking == frozenset()
+
+
+@pytest.mark.parametrize("field", ["previous_response_id", "conversation"])
+async def test_stored_state_is_a_clear_400(field: str) -> None:
+    async with fleet(NEW) as c:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await c.sdk().responses.create(
+                model=MODEL, input="and then?", extra_body={field: "resp_123"}
+            )
+        error = caught.value.body
+        assert isinstance(error, dict) and error["param"] == field
+        assert field in error["message"] and "stateless" in error["message"]
+
+
+async def test_reading_a_response_says_nothing_is_stored() -> None:
+    async with fleet(NEW) as c:
+        sdk = c.sdk()
+        with pytest.raises(openai.NotFoundError) as caught:
+            await sdk.responses.retrieve("resp_123")
+        assert "not stored" in str(caught.value)
+        with pytest.raises(openai.NotFoundError):
+            await sdk.responses.delete("resp_123")
+
+
+async def test_langchain_uses_the_responses_api() -> None:
+    async with fleet(OLD) as c:
+        chat = ChatOpenAI(
+            model=MODEL,
+            base_url=c.url + "/v1",
+            api_key="unused",  # type: ignore[arg-type]
+            use_responses_api=True,
+            max_retries=0,
+        )
+        reply = await chat.ainvoke("what is the sky")
+        assert reply.text.strip()
+        called = await chat.bind_tools([TOOL]).ainvoke("what is the weather in Paris")
+        assert called.tool_calls and called.tool_calls[0]["name"] == "weather"
