@@ -223,3 +223,52 @@ async def test_langchain_uses_the_responses_api() -> None:
         assert reply.text.strip()
         called = await chat.bind_tools([TOOL]).ainvoke("what is the weather in Paris")
         assert called.tool_calls and called.tool_calls[0]["name"] == "weather"
+
+
+def events_of(raw: bytes) -> list[dict[str, Any]]:
+    """The data of each server-sent event, with its ``event:`` name checked against it."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        data = orjson.loads(lines["data"])
+        assert lines["event"] == data["type"]
+        out.append(data)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["new", "old"])
+async def test_a_stream_the_box_breaks_ends_with_an_error_event(kind: str) -> None:
+    async with fleet(*BOXES[kind]) as c:
+        c.box(kind).faults.kill_after_chunks = 3
+        body = {"model": MODEL, "input": "tell me a story", "stream": True}
+        async with c.http.stream("POST", "/v1/responses", json=body) as resp:
+            raw = b"".join([chunk async for chunk in resp.aiter_raw()])
+        events = events_of(raw)
+        assert events[0]["type"] == "response.created"
+        assert events[-1]["type"] == "error" and events[-1]["message"]
+        assert "response.completed" not in [e["type"] for e in events]
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+@pytest.mark.parametrize("kind", ["new", "old", "llama"])
+async def test_responses_are_counted_with_their_tokens(kind: str) -> None:
+    async with fleet(*BOXES[kind]) as c:
+        for stream in (False, True):
+            body = {"model": MODEL, "input": "tell me a story", "stream": stream}
+            async with c.http.stream("POST", "/v1/responses", json=body) as resp:
+                assert resp.status_code == 200
+                await resp.aread()
+        # Both answers' usage (the stream's in response.completed) reached the totals.
+        await c.wait_for(lambda: _requests(c, 2))
+        totals = c.services.stats.lifetime()
+        assert totals.output_tokens >= 2 * 8 and totals.prompt_tokens > 0
+        assert (await c.status())["totals"]["requests"] == 2
+        metrics = (await c.http.get("/metrics")).text
+        assert 'route="/v1/responses"' in metrics
+        assert f'ollamux_tokens_total{{box="{kind}",kind="output"' in metrics
+
+
+async def _requests(c: Fleet, n: int) -> bool:
+    return c.services.stats.lifetime().requests == n
