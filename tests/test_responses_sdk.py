@@ -272,3 +272,33 @@ async def test_responses_are_counted_with_their_tokens(kind: str) -> None:
 
 async def _requests(c: Fleet, n: int) -> bool:
     return c.services.stats.lifetime().requests == n
+
+
+@pytest.mark.parametrize("kind", ["new", "old", "llama"])
+async def test_a_codex_like_request_for_an_aliased_gpt_model(kind: str) -> None:
+    """What Codex sends: a gpt-* name (mapped by the config), store false, reasoning with
+    a summary, include, a prompt cache key, function tools, streamed."""
+    async with fleet(*BOXES[kind], aliases={"gpt-5-codex": MODEL}) as c:
+        stream = await c.sdk().responses.create(
+            model="gpt-5-codex",
+            instructions="You are a coding agent.",
+            input=[
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "list the files"}],
+                }
+            ],
+            tools=[{**TOOL, "name": "shell", "strict": False}],
+            tool_choice="auto",
+            parallel_tool_calls=False,
+            reasoning={"effort": "medium", "summary": "auto"},
+            store=False,
+            include=["reasoning.encrypted_content"],
+            prompt_cache_key="session-1",
+            stream=True,
+        )
+        events = [event async for event in stream]
+        final = events[-1].response  # type: ignore[union-attr]
+        assert events[-1].type == "response.completed"
+        assert [item.name for item in final.output if item.type == "function_call"] == ["shell"]

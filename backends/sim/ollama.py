@@ -189,7 +189,8 @@ class SimBox:
         self.port = 0
         self._scheduler = Scheduler(config, self.stats)
         # The models on "disk" and the routes that change them (pull, create, delete, ...).
-        self.store = Store(config.models, config, self.faults, self._scheduler.unload)
+        models = [*config.models, *(m for m in config.remote if m not in config.models)]
+        self.store = Store(models, config, self.faults, self._scheduler.unload)
         self._runner: web.AppRunner | None = None
         self.responses = ResponsesHandler(self._version_text, self._chat_url)
 
