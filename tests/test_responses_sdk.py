@@ -181,10 +181,14 @@ async def test_a_404_on_responses_is_learned_not_a_failure() -> None:
         assert (await sdk.responses.create(model=MODEL, input="again")).output_text.strip()
 
 
-async def test_an_unknown_model_is_not_mistaken_for_a_missing_route() -> None:
-    async with fleet(LLAMA) as c:
-        with pytest.raises(openai.NotFoundError):
-            await c.sdk().responses.create(model="nope:1b", input="hello")
+async def test_a_model_the_box_lost_is_not_mistaken_for_a_missing_route() -> None:
+    router = LlamaConfig(name="llama", models=[MODEL, "other:1b"], router=True)
+    async with fleet(router) as c:
+        router.models.remove(MODEL)  # gone since the box listed it: its answer is a 404
+        with pytest.raises(openai.NotFoundError) as caught:
+            await c.sdk().responses.create(model=MODEL, input="hello")
+        assert "not found" in caught.value.message
+        # The translation got a 404 too: the model was missing, not the route.
         assert c.services.prober.fleet.by_name["llama"].lacking == frozenset()
 
 
@@ -302,3 +306,23 @@ async def test_a_codex_like_request_for_an_aliased_gpt_model(kind: str) -> None:
         final = events[-1].response  # type: ignore[union-attr]
         assert events[-1].type == "response.completed"
         assert [item.name for item in final.output if item.type == "function_call"] == ["shell"]
+
+
+async def test_what_an_older_box_cannot_do_is_a_400_naming_the_field() -> None:
+    async with fleet(OLD, NEW) as c:
+        sdk = c.sdk()
+        # A box that serves the API takes what no translation could carry...
+        answer = await sdk.responses.create(
+            model=MODEL, input="what is the weather in Paris", tools=[TOOL], tool_choice="required"
+        )
+        assert answer.output[0].type == "function_call"
+        assert c.box("new").stats.requests >= 1 and c.box("old").stats.requests == 0
+    async with fleet(OLD) as c:
+        # ...and where none does, the client is told which field, before any box is asked.
+        with pytest.raises(openai.BadRequestError) as caught:
+            await c.sdk().responses.create(
+                model=MODEL, input="hi", tools=[TOOL], tool_choice="required"
+            )
+        body = caught.value.body
+        assert isinstance(body, dict) and body["param"] == "tool_choice"
+        assert c.box("old").stats.requests == 0
