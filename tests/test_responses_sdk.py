@@ -177,6 +177,8 @@ async def test_a_404_on_responses_is_learned_not_a_failure() -> None:
         assert answer.output_text.strip()
         box = c.services.prober.fleet.by_name["llama"]
         assert box.lacking == frozenset({"/v1/responses"})
+        endpoint = (await c.status())["endpoints"][0]
+        assert endpoint["lacking"] == ["/v1/responses"] and endpoint["health"] == "healthy"
         assert box.breaker is BreakerState.CLOSED and box.health == "healthy"
         assert (await sdk.responses.create(model=MODEL, input="again")).output_text.strip()
 

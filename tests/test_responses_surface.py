@@ -81,6 +81,8 @@ async def test_a_cloud_model_takes_no_local_slot() -> None:
         tags = (await c.http.get("/api/tags")).json()["models"]
         cloud = next(t for t in tags if t["name"] == CLOUD)
         assert cloud["remote_host"] and cloud["remote_model"] == "gpt-oss:120b"
+        models = {m["name"]: m for m in (await c.status())["endpoints"][0]["models"]}
+        assert models[CLOUD]["remote"] is True and "remote" not in models["llama3.2:latest"]
         async with AsyncExitStack() as stack:
             # Three at once on a box with one slot: all generate, none waits, none counted.
             streams = await asyncio.gather(*(_first_line(c, stack, CLOUD) for _ in range(3)))

@@ -57,6 +57,8 @@ class StatusBoard:
 def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> dict[str, Any]:
     names = box.models | box.loaded | {m for (b, m) in usage if b == box.name}
     running = {canonical_model(e["name"]): e for e in box.running if isinstance(e.get("name"), str)}
+    # Cloud models (forwarded to a remote host) take no slot: shown, flagged "remote".
+    remote = {canonical_model(t["name"]) for t in box.tags if t.get("remote_host")}
     models = [
         {
             "name": name,
@@ -64,6 +66,7 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> dict[str, Any
             "in_use": usage.get((box.name, name), 0),
             "max": box.slots,
             **_memory(running.get(name)),
+            **({"remote": True} if name in remote else {}),
         }
         for name in sorted(names, key=lambda n: (n not in box.loaded, n))
     ]
@@ -76,6 +79,7 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> dict[str, Any
         "draining": box.draining,
         "version": box.version,
         "error": box.error,
+        "lacking": sorted(box.lacking),  # routes it answered 404 on: translated for it
         "models": models,
     }
 
