@@ -328,3 +328,27 @@ async def test_what_an_older_box_cannot_do_is_a_400_naming_the_field() -> None:
         body = caught.value.body
         assert isinstance(body, dict) and body["param"] == "tool_choice"
         assert c.box("old").stats.requests == 0
+
+
+PATCH_TOOL = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files with a patch.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/s"},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_custom_tool_like_codexs_apply_patch_on_a_translated_box(stream: bool) -> None:
+    async with fleet(LLAMA) as c:
+        sdk = c.sdk()
+        asked: dict[str, Any] = {"model": MODEL, "input": "add a file", "tools": [PATCH_TOOL]}
+        if stream:
+            events = [e async for e in await sdk.responses.create(**asked, stream=True)]
+            final = events[-1].response  # type: ignore[union-attr]
+            assert "response.custom_tool_call_input.done" in [e.type for e in events]
+        else:
+            final = await sdk.responses.create(**asked)
+        calls = [item for item in final.output if item.type == "custom_tool_call"]
+        assert len(calls) == 1 and calls[0].name == "apply_patch"
+        assert calls[0].input.strip() and not calls[0].input.startswith("{")

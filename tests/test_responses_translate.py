@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from ollamux.backends.translate import openai_client as to_ollama
-from ollamux.backends.translate.responses import chat_request, response_object
+from ollamux.backends.translate.responses import chat_request
+from ollamux.backends.translate.responses_answer import response_object
 from ollamux.backends.translate.responses_plan import Chained, version_key
 from ollamux.backends.translate.responses_stream import ChatToResponses, stream_broken
 from ollamux.routing.accounting import read_counts
@@ -413,3 +414,82 @@ def test_an_ollama_stream_reaches_a_responses_client() -> None:
 def test_versions_compare_as_numbers() -> None:
     assert version_key("0.13.3") >= (0, 13, 3) > version_key("0.12.10")
     assert version_key("v0.14.0-rc1") == (0, 14, 0)
+
+
+PATCH_TOOL = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/s"},
+}
+PATCH = '*** Begin Patch\n*** Add File: a.txt\n+hi "there"\n*** End Patch'
+
+
+def test_a_custom_tool_is_a_function_of_its_raw_input() -> None:
+    chat = chat_request({"model": M, "input": "x", "tools": [PATCH_TOOL]})
+    function = chat["tools"][0]["function"]
+    assert function["name"] == "apply_patch"
+    assert function["parameters"]["required"] == ["input"]
+    assert "Edit files." in function["description"] and "start: /.+/s" in function["description"]
+    history = chat_request(
+        {
+            "model": M,
+            "input": [
+                {
+                    "type": "custom_tool_call",
+                    "call_id": "c1",
+                    "name": "apply_patch",
+                    "input": PATCH,
+                },
+                {"type": "custom_tool_call_output", "call_id": "c1", "output": "Done!"},
+            ],
+        }
+    )
+    call = history["messages"][0]["tool_calls"][0]
+    assert orjson.loads(call["function"]["arguments"]) == {"input": PATCH}
+    assert history["messages"][1] == {"role": "tool", "tool_call_id": "c1", "content": "Done!"}
+
+
+def _patch_call(arguments: str) -> dict[str, Any]:
+    return {
+        "id": "call_p",
+        "type": "function",
+        "function": {"name": "apply_patch", "arguments": arguments},
+    }
+
+
+def test_a_custom_tools_call_comes_back_with_its_raw_input() -> None:
+    request = {"model": M, "input": "x", "tools": [PATCH_TOOL, TOOL]}
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            _patch_call(orjson.dumps({"input": PATCH}).decode()),
+            {"id": "call_f", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        ],
+    }
+    completion = {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
+    output = response_object(completion, request, "resp_1", "s")["output"]
+    assert [(o["type"], o["name"]) for o in output] == [
+        ("custom_tool_call", "apply_patch"),
+        ("function_call", "f"),
+    ]
+    assert output[0]["input"] == PATCH and output[0]["call_id"] == "call_p"
+
+    translator = ChatToResponses({**request, "stream": True}, stream=True, ids=("resp_1", "s"))
+    args = orjson.dumps({"input": PATCH}).decode()
+    chunks = [
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, **_patch_call(args[:10])}]}}]},
+        {
+            "choices": [
+                {"delta": {"tool_calls": [{"index": 0, "function": {"arguments": args[10:]}}]}}
+            ]
+        },
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    events = _events(translator.chunk(_sse(chunks)) + translator.end())
+    kinds = [e["type"] for e in events]
+    assert "response.function_call_arguments.delta" not in kinds
+    done = next(e for e in events if e["type"] == "response.custom_tool_call_input.done")
+    assert done["input"] == PATCH
+    assert events[-1]["response"]["output"][0]["input"] == PATCH

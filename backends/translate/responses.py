@@ -5,9 +5,10 @@ Ollama serves the Responses API itself since 0.13.3, stateless, by turning it in
 chat; this does the same for older Ollama boxes and for OpenAI-compatible servers
 without the route. Requests: ``instructions`` and ``input`` (a string, or items:
 messages with ``input_text``/``input_image``/``output_text`` parts, ``function_call``,
-``function_call_output`` and ``reasoning`` items) become chat messages; function
-``tools``, ``tool_choice``, ``reasoning.effort``, ``max_output_tokens``,
-``temperature``/``top_p`` and ``text.format`` become their chat twins, and fields this
+``function_call_output``, their ``custom_tool_call`` twins and ``reasoning`` items)
+become chat messages; function and custom (freeform) ``tools``, ``tool_choice``,
+``reasoning.effort``, ``max_output_tokens``, ``temperature``/``top_p`` and
+``text.format`` become their chat twins, and fields this
 module does not know are passed on (llama-server's ``top_k``, say). What no chat box can
 do (stored state, built-in tools, files) is a 400 naming the field, never dropped.
 
@@ -16,16 +17,16 @@ Kept, not sent: ``store`` (nothing is stored, as on Ollama: answers say ``store:
 ``service_tier``, ``truncation``, ``reasoning.summary`` and ``text.verbosity`` are about
 the service, not the model, and change nothing a box generates.
 
-Answers: ``response_object`` turns a whole chat completion into a ``response``; the
-stream is ``responses_stream.ChatToResponses``.
+Answers: ``responses_answer`` (a whole chat completion as a ``response``) and
+``responses_stream`` (its stream as the Responses events).
 """
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from ollamux.routing.errors import BadRequest
 
@@ -161,7 +162,15 @@ def messages(instructions: object, items: object) -> list[dict[str, Any]]:
                     out[-1]["reasoning_content"] = thinking
                     thinking = None
                 continue
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call":
+            arguments = orjson.dumps({"input": str(item.get("input") or "")}).decode()
+            message = _function_call({**item, "arguments": arguments}, i, out)
+            if message is None:
+                if thinking is not None:
+                    out[-1]["reasoning_content"] = thinking
+                    thinking = None
+                continue
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             message = {
                 "role": "tool",
                 "tool_call_id": _string(item, "call_id", i),
@@ -301,20 +310,43 @@ def _tools(tools: object) -> list[dict[str, Any]]:
     out = []
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind != "function" or not isinstance(tool, dict):
+        if kind not in ("function", "custom") or not isinstance(tool, dict):
             raise BadRequest(
                 f"tools[{i}] of type {kind!r} cannot be served by a box without the Responses "
-                "API: only function tools can",
+                "API: only function and custom tools can",
                 param=f"tools[{i}].type",
             )
         if not isinstance(tool.get("name"), str) or not tool["name"]:
             raise BadRequest(f"tools[{i}].name is required", param=f"tools[{i}].name")
+        if kind == "custom":
+            out.append({"type": "function", "function": _custom_function(tool)})
+            continue
         function: dict[str, Any] = {"name": tool["name"]}
         for name in ("description", "parameters", "strict"):
             if tool.get(name) is not None:
                 function[name] = tool[name]
         out.append({"type": "function", "function": function})
     return out
+
+
+def custom_names(tools: object) -> frozenset[str]:
+    """The client's custom (freeform) tools: their calls go back as custom_tool_call."""
+    listed = tools if isinstance(tools, list) else []
+    return frozenset(t["name"] for t in listed if isinstance(t, dict) and t.get("type") == "custom")
+
+
+def _custom_function(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """A custom tool (free text in, like Codex's apply_patch) as a function taking that
+    text as its one argument, ``input``; its grammar, which a chat box cannot enforce,
+    goes to the model in the description."""
+    description = str(tool.get("description") or "")
+    fmt = tool.get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "grammar" and fmt.get("definition"):
+        syntax = fmt.get("syntax") or "grammar"
+        description += f"\n\nThe input must match this {syntax} grammar:\n{fmt['definition']}"
+    text = {"type": "string", "description": "the tool's input, as free text"}
+    parameters = {"type": "object", "properties": {"input": text}, "required": ["input"]}
+    return {"name": tool["name"], "description": description.strip(), "parameters": parameters}
 
 
 def _tool_choice(choice: object, *, ollama: bool) -> Any:
@@ -374,146 +406,3 @@ def _format(text: object) -> dict[str, Any] | None:
             spec["strict"] = fmt["strict"]
         return {"type": "json_schema", "json_schema": spec}
     raise BadRequest(f"text.format of type {kind!r} is not supported", param="text.format")
-
-
-# -- answers --------------------------------------------------------------------------
-
-
-def new_ids() -> tuple[str, str]:
-    """A response id and the id stem of its output items."""
-    stem = secrets.token_hex(12)
-    return f"resp_{stem}", stem
-
-
-def usage(chat_usage: object) -> dict[str, Any] | None:
-    """Chat completions' usage as the Responses API's."""
-    if not isinstance(chat_usage, dict):
-        return None
-    prompt = int(chat_usage.get("prompt_tokens") or 0)
-    output = int(chat_usage.get("completion_tokens") or 0)
-    cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (chat_usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": int(cached)},
-        "output_tokens": output,
-        "output_tokens_details": {"reasoning_tokens": int(reasoning)},
-        "total_tokens": prompt + output,
-    }
-
-
-def envelope(
-    request: Mapping[str, Any],
-    ident: str,
-    created: int,
-    *,
-    status: str,
-    output: list[Any],
-    usage: Any = None,
-    finish: str | None = None,
-) -> dict[str, Any]:
-    """The ``response`` object, echoing the request's settings as OpenAI's does. Usage
-    comes last, so a long answer's counts stay in the relay's tail (accounting)."""
-    reasoning = _object(request.get("reasoning"))
-    text = _object(request.get("text"))
-    out: dict[str, Any] = {
-        "id": ident,
-        "object": "response",
-        "created_at": created,
-        "status": status,
-        "error": None,
-        "incomplete_details": _incomplete(finish) if status == "incomplete" else None,
-        "instructions": request.get("instructions"),
-        "max_output_tokens": request.get("max_output_tokens"),
-        "model": request.get("model"),
-        "output": output,
-        "parallel_tool_calls": request.get("parallel_tool_calls", True),
-        "previous_response_id": None,
-        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
-        "store": False,
-        "temperature": request.get("temperature", 1.0),
-        "text": {"format": text.get("format") or {"type": "text"}},
-        "tool_choice": request.get("tool_choice", "auto"),
-        "tools": request.get("tools") or [],
-        "top_p": request.get("top_p", 1.0),
-        "truncation": "disabled",
-        "metadata": request.get("metadata") or {},
-        "usage": usage,
-    }
-    return out
-
-
-def _object(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def status_of(finish_reason: object) -> str:
-    return "incomplete" if finish_reason in ("length", "content_filter") else "completed"
-
-
-def _incomplete(finish: str | None) -> dict[str, str]:
-    return {"reason": "content_filter" if finish == "content_filter" else "max_output_tokens"}
-
-
-def reasoning_item(stem: str, text: str) -> dict[str, Any]:
-    return {
-        "id": f"rs_{stem}",
-        "type": "reasoning",
-        "summary": [{"type": "summary_text", "text": text}],
-    }
-
-
-def message_item(stem: str, text: str, status: str = "completed") -> dict[str, Any]:
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-    return {
-        "id": f"msg_{stem}",
-        "type": "message",
-        "status": status,
-        "role": "assistant",
-        "content": [part],
-    }
-
-
-def call_item(
-    stem: str, j: int, call: Mapping[str, Any], status: str = "completed"
-) -> dict[str, Any]:
-    function = call.get("function") or {}
-    arguments = function.get("arguments")
-    return {
-        "id": f"fc_{stem}_{j}",
-        "type": "function_call",
-        "status": status,
-        "call_id": call.get("id") or f"call_{stem}_{j}",
-        "name": function.get("name") or "",
-        "arguments": arguments if isinstance(arguments, str) else "",
-    }
-
-
-def response_object(
-    completion: Mapping[str, Any], request: Mapping[str, Any], ident: str, stem: str
-) -> dict[str, Any]:
-    """A whole chat completion as a ``response``."""
-    choices = completion.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices else {}
-    message = choice.get("message") or {}
-    output: list[Any] = []
-    thinking = message.get("reasoning_content") or message.get("reasoning")
-    if isinstance(thinking, str) and thinking:
-        output.append(reasoning_item(stem, thinking))
-    text = message.get("content")
-    listed = message.get("tool_calls")
-    calls: list[Any] = listed if isinstance(listed, list) else []
-    if (isinstance(text, str) and text) or not calls:
-        output.append(message_item(stem, text if isinstance(text, str) else ""))
-    output += [call_item(stem, j, c) for j, c in enumerate(calls) if isinstance(c, dict)]
-    finish = choice.get("finish_reason")
-    created = completion.get("created")
-    return envelope(
-        request,
-        ident,
-        created if isinstance(created, int) else int(time.time()),
-        status=status_of(finish),
-        output=output,
-        usage=usage(completion.get("usage")),
-        finish=finish if isinstance(finish, str) else None,
-    )

@@ -5,7 +5,9 @@ The events follow OpenAI's Responses streaming (and Ollama's own ``/v1/responses
 ``response.output_item.added``, then for a message ``response.content_part.added``,
 ``response.output_text.delta``..., ``response.output_text.done``,
 ``response.content_part.done``; for reasoning the ``response.reasoning_summary_*``
-twins; for a function call ``response.function_call_arguments.delta``... and ``.done``;
+twins; for a function call ``response.function_call_arguments.delta``... and ``.done``
+(for a custom tool's call ``response.custom_tool_call_input.delta`` and ``.done``, once
+its input is whole);
 each item closes with ``response.output_item.done``, and the stream with
 ``response.completed`` (``response.incomplete`` when cut at ``max_output_tokens``), whose
 response carries the output and usage. Every event has a ``sequence_number``. A stream
@@ -21,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ollamux.backends.translate import responses as rsp
+from ollamux.backends.translate import responses_answer as rsp
 from ollamux.backends.translate.common import (
     EVENT_STREAM,
     JSON,
@@ -30,6 +32,7 @@ from ollamux.backends.translate.common import (
     loads_object,
     openai_error,
 )
+from ollamux.backends.translate.responses import custom_names
 from ollamux.routing.errors import ProxyError
 
 _SEQUENCE = re.compile(rb'"sequence_number"\s*:\s*(\d+)')
@@ -89,6 +92,7 @@ class ChatToResponses:
         self._reasoning: _Item | None = None
         self._message: _Item | None = None
         self._calls: dict[int, _Item] = {}  # open function calls by their chat index
+        self._custom = custom_names(request.get("tools"))
         self._next = 0  # the next output index
         self._finish: str | None = None
         self._usage: Any = None
@@ -284,10 +288,8 @@ class ChatToResponses:
             out += self._close_reasoning() + self._close_message()
             for other in list(self._calls):
                 out += self._close_call(other)
-            item = rsp.call_item(
-                self._stem, index, {**call, "function": {**function}}, "in_progress"
-            )
-            item["arguments"] = ""
+            whole = {**call, "function": {**function, "arguments": ""}}
+            item = rsp.call_item(self._stem, index, whole, "in_progress", self._custom)
             c, added = self._open(item)
             self._calls[index] = c
             out += added
@@ -296,6 +298,8 @@ class ChatToResponses:
             arguments = orjson.dumps(arguments).decode()
         if isinstance(arguments, str) and arguments:
             c.text += arguments
+            if c.item["type"] == "custom_tool_call":
+                return out  # its raw input is known once its arguments are whole
             out += self._emit(
                 "response.function_call_arguments.delta",
                 item_id=c.item["id"],
@@ -308,6 +312,8 @@ class ChatToResponses:
         c = self._calls.pop(index, None)
         if c is None:
             return b""
+        if c.item["type"] == "custom_tool_call":
+            return self._close_custom(c)
         done = {**c.item, "status": "completed", "arguments": c.text}
         self._output.append(done)
         return self._emit(
@@ -316,6 +322,17 @@ class ChatToResponses:
             output_index=c.index,
             arguments=c.text,
         ) + self._emit("response.output_item.done", output_index=c.index, item=done)
+
+    def _close_custom(self, c: _Item) -> bytes:
+        text = rsp.custom_input(c.text)
+        done = {**c.item, "status": "completed", "input": text}
+        self._output.append(done)
+        ref = {"item_id": done["id"], "output_index": c.index}
+        return (
+            self._emit("response.custom_tool_call_input.delta", **ref, delta=text)
+            + self._emit("response.custom_tool_call_input.done", **ref, input=text)
+            + self._emit("response.output_item.done", output_index=c.index, item=done)
+        )
 
     def _complete(self) -> bytes:
         if self._finished:
