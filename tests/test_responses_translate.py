@@ -12,10 +12,11 @@ import pytest
 from ollamux.backends.translate import openai_client as to_ollama
 from ollamux.backends.translate.responses import chat_request
 from ollamux.backends.translate.responses_answer import response_object
-from ollamux.backends.translate.responses_plan import Chained, version_key
+from ollamux.backends.translate.responses_plan import Chained, serves_responses, version_key
 from ollamux.backends.translate.responses_stream import ChatToResponses, stream_broken
 from ollamux.routing.accounting import read_counts
 from ollamux.routing.errors import BadRequest, UpstreamError
+from ollamux.routing.state import BoxState
 
 M = "m:1b"
 TOOL = {"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}}
@@ -414,6 +415,26 @@ def test_an_ollama_stream_reaches_a_responses_client() -> None:
 def test_versions_compare_as_numbers() -> None:
     assert version_key("0.13.3") >= (0, 13, 3) > version_key("0.12.10")
     assert version_key("v0.14.0-rc1") == (0, 14, 0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "version", "lacking", "serves"),
+    [
+        ("ollama", "0.13.3", frozenset(), True),
+        ("ollama", "0.20.1", frozenset(), True),
+        ("ollama", "0.12.6", frozenset(), False),
+        ("ollama", "0.0.0", frozenset(), None),  # built from source: tried
+        ("ollama", None, frozenset(), None),
+        ("llama-server", "b6500", frozenset(), None),  # learned from a 404
+        ("llama-server", "b6500", frozenset({"/v1/responses"}), False),
+        ("openai", None, frozenset(), None),
+    ],
+)
+def test_which_boxes_get_the_bytes(
+    kind: Any, version: str | None, lacking: frozenset[str], serves: bool | None
+) -> None:
+    box = BoxState("b", "http://b", kind, 0, 0, 2, version=version, lacking=lacking)
+    assert serves_responses(box) is serves
 
 
 PATCH_TOOL = {

@@ -41,8 +41,10 @@ def serves_responses(box: BoxState) -> bool | None:
     """Whether ``box`` serves ``/v1/responses`` itself; None: not known until tried."""
     if RESPONSES in box.lacking:
         return False
-    if box.kind == "ollama":
-        return None if not box.version else version_key(box.version) >= OLLAMA_SINCE
+    if box.kind == "ollama" and box.version:
+        known = version_key(box.version)
+        # 0.0.0 is a build from source: its version says nothing, so it is tried.
+        return None if not any(known) else known >= OLLAMA_SINCE
     return None
 
 
