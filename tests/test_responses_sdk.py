@@ -352,3 +352,20 @@ async def test_a_custom_tool_like_codexs_apply_patch_on_a_translated_box(stream:
         calls = [item for item in final.output if item.type == "custom_tool_call"]
         assert len(calls) == 1 and calls[0].name == "apply_patch"
         assert calls[0].input.strip() and not calls[0].input.startswith("{")
+
+
+@pytest.mark.parametrize("kind", ["new", "old", "llama"])
+async def test_reasoning_comes_back_as_a_summary(kind: str) -> None:
+    async with fleet(*BOXES[kind]) as c:
+        sdk = c.sdk()
+        asked: dict[str, Any] = {"model": MODEL, "input": "why", "reasoning": {"effort": "low"}}
+        answer = await sdk.responses.create(**asked)
+        assert [item.type for item in answer.output] == ["reasoning", "message"]
+        assert answer.output[0].summary[0].text.strip()  # type: ignore[union-attr]
+        events = [e async for e in await sdk.responses.create(**asked, stream=True)]
+        thought = "".join(
+            e.delta for e in events if e.type == "response.reasoning_summary_text.delta"
+        )
+        final = events[-1].response  # type: ignore[union-attr]
+        assert thought and final.output[0].summary[0].text == thought
+        assert final.output[1].type == "message" and final.output_text

@@ -56,6 +56,9 @@ def chat_of(req: dict[str, Any]) -> dict[str, Any]:
     if req.get("max_output_tokens") is not None:
         options["num_predict"] = req["max_output_tokens"]
     chat: dict[str, Any] = {"model": req.get("model"), "messages": messages, "options": options}
+    effort = (req.get("reasoning") or {}).get("effort")
+    if effort:
+        chat["think"] = effort != "none" and effort
     tools = [_tool(t) for t in req.get("tools") or []]
     if tools:
         chat["tools"] = tools
@@ -112,6 +115,11 @@ def _calls(message: dict[str, Any], stem: str) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _reasoning_item(stem: str, text: str) -> dict[str, Any]:
+    summary = [{"type": "summary_text", "text": text}]
+    return {"id": f"rs_{stem}", "type": "reasoning", "summary": summary, "encrypted_content": text}
 
 
 def _text_item(ident: str, text: str) -> dict[str, Any]:
@@ -181,6 +189,8 @@ class Handler:
                 message = final.get("message") or {}
                 calls = _calls(message, stem)
                 output = calls or [_text_item(f"msg_{stem}", message.get("content", ""))]
+                if message.get("thinking"):
+                    output.insert(0, _reasoning_item(stem, message["thinking"]))
                 body = _response(req, f"resp_{stem}", "completed", output, _usage(final))
                 return web.Response(body=orjson.dumps(body), content_type="application/json")
             return await self._stream(request, answer, req, stem)
@@ -205,13 +215,17 @@ class Handler:
 
 
 class _Events:
-    """Ollama's ResponsesStreamConverter, in short: text, or function calls, then done."""
+    """Ollama's ResponsesStreamConverter, in short: reasoning (a summary), then text or
+    function calls, then done."""
 
     def __init__(self, req: dict[str, Any], stem: str) -> None:
         self._req = req
         self._stem = stem
         self._seq = itertools.count()
         self._started = False
+        self._index = 0  # the next item's output_index
+        self._thinking: str | None = None
+        self._reasoning: dict[str, Any] | None = None  # the reasoning item, once done
         self._text: str | None = None
         self._calls: list[dict[str, Any]] = []
 
@@ -230,46 +244,77 @@ class _Events:
                 self._event("response.in_progress", response=skeleton),
             ]
         message = line.get("message") or {}
+        if message.get("thinking"):
+            out += self._think(message["thinking"])
         calls = _calls(message, self._stem)
-        for j, call in enumerate(calls, start=len(self._calls)):
+        if calls or message.get("content") or line.get("done"):
+            out += self._end_thinking()
+        for j, call in enumerate(calls, start=self._index):
             added = {**call, "status": "in_progress", "arguments": ""}
             ref = {"item_id": call["id"], "output_index": j}
+            arguments = call["arguments"]
             out += [
                 self._event("response.output_item.added", output_index=j, item=added),
-                self._event(
-                    "response.function_call_arguments.delta", **ref, delta=call["arguments"]
-                ),
-                self._event(
-                    "response.function_call_arguments.done", **ref, arguments=call["arguments"]
-                ),
+                self._event("response.function_call_arguments.delta", **ref, delta=arguments),
+                self._event("response.function_call_arguments.done", **ref, arguments=arguments),
                 self._event("response.output_item.done", output_index=j, item=call),
             ]
         self._calls += calls
         content = message.get("content") or ""
         item = f"msg_{self._stem}"
-        ref = {"item_id": item, "output_index": 0, "content_index": 0}
+        ref = {"item_id": item, "output_index": self._index, "content_index": 0}
         if content and not self._calls:
             if self._text is None:
                 self._text = ""
                 started = {**_text_item(item, ""), "status": "in_progress", "content": []}
                 part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
                 out += [
-                    self._event("response.output_item.added", output_index=0, item=started),
+                    self._event(
+                        "response.output_item.added", output_index=self._index, item=started
+                    ),
                     self._event("response.content_part.added", **ref, part=part),
                 ]
             self._text += content
             out.append(self._event("response.output_text.delta", **ref, delta=content, logprobs=[]))
         if not line.get("done"):
             return out
-        output: list[Any] = list(self._calls)
+        output: list[Any] = [self._reasoning] if self._reasoning else []
+        output += self._calls
         if self._text is not None and not self._calls:
             done = _text_item(item, self._text)
             out += [
                 self._event("response.output_text.done", **ref, text=self._text, logprobs=[]),
                 self._event("response.content_part.done", **ref, part=done["content"][0]),
-                self._event("response.output_item.done", output_index=0, item=done),
+                self._event("response.output_item.done", output_index=self._index, item=done),
             ]
-            output = [done]
+            output.append(done)
         final = _response(self._req, ident, "completed", output, _usage(line))
         out.append(self._event("response.completed", response=final))
+        return out
+
+    def _think(self, text: str) -> list[bytes]:
+        out = []
+        ref = {"item_id": f"rs_{self._stem}", "output_index": self._index, "summary_index": 0}
+        if self._thinking is None:
+            self._thinking = ""
+            item = {"id": ref["item_id"], "type": "reasoning", "summary": []}
+            out.append(
+                self._event("response.output_item.added", output_index=self._index, item=item)
+            )
+        self._thinking += text
+        out.append(self._event("response.reasoning_summary_text.delta", **ref, delta=text))
+        return out
+
+    def _end_thinking(self) -> list[bytes]:
+        if self._thinking is None or self._reasoning is not None:
+            return []
+        ref = {"item_id": f"rs_{self._stem}", "output_index": self._index, "summary_index": 0}
+        self._reasoning = _reasoning_item(self._stem, self._thinking)
+        out = [
+            self._event("response.reasoning_summary_text.done", **ref, text=self._thinking),
+            self._event(
+                "response.output_item.done", output_index=self._index, item=self._reasoning
+            ),
+        ]
+        self._index += 1
         return out
