@@ -28,6 +28,7 @@ from starlette.routing import Route
 from ollamux.backends.relay import Exchanges
 from ollamux.routing.affinity import conversation_key
 from ollamux.routing.api import admin as admin_api
+from ollamux.routing.api import audio as audio_api
 from ollamux.routing.api import auth, server, surface
 from ollamux.routing.api import models as fleet_api
 from ollamux.routing.api import ollama as ollama_api
@@ -71,6 +72,7 @@ def create_app(settings: Settings, config_path: str | Path | None = None) -> Sta
             *fleet_api.routes,
             *openai_api.routes,
             *responses_api.routes,
+            *audio_api.routes,
             Route("/router/status", router_status, methods=["GET"]),
             Route("/router/explain", router_explain, methods=["GET"]),
             *router_api.routes,

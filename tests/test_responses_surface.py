@@ -101,3 +101,42 @@ async def test_a_cloud_model_takes_no_local_slot() -> None:
 
 async def _idle(c: Cluster) -> bool:
     return not any(c.services.ledger.usage.values())
+
+
+AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(32)  # what the box hears is not checked
+HEARS = SimConfig(name="hears", models=["gemma4:e4b"], version="0.20.0")
+DEAF = SimConfig(name="deaf", models=["gemma4:e4b"], version="0.19.2")
+
+
+async def test_transcriptions_go_to_an_ollama_box_that_serves_them() -> None:
+    async with run_cluster(DEAF, HEARS) as c:
+        sdk = openai.AsyncOpenAI(base_url=c.url + "/v1", api_key="unused", max_retries=0)
+        async with sdk:
+            for _ in range(3):  # never the older box, whichever has a free slot
+                raw = await sdk.audio.transcriptions.with_raw_response.create(
+                    model="gemma4:e4b", file=("hello.wav", AUDIO), language="en"
+                )
+                assert raw.headers["x-ollamux-endpoint"] == "hears"
+                assert raw.parse().text.strip()
+            text = await sdk.audio.transcriptions.create(
+                model="gemma4:e4b", file=("hello.wav", AUDIO), response_format="text"
+            )
+            assert isinstance(text, str) and text.strip()
+        assert c.box("deaf").stats.requests == 0 and c.box("hears").stats.requests == 4
+        await c.wait_for(lambda: _idle(c))
+
+
+async def test_transcriptions_no_box_serves_are_a_501_naming_the_route() -> None:
+    async with run_cluster(DEAF) as c:
+        sdk = openai.AsyncOpenAI(base_url=c.url + "/v1", api_key="unused", max_retries=0)
+        async with sdk:
+            with pytest.raises(openai.InternalServerError) as caught:
+                await sdk.audio.transcriptions.create(model="gemma4:e4b", file=("a.wav", AUDIO))
+            assert caught.value.status_code == 501
+            assert "/v1/audio/transcriptions" in caught.value.message
+            assert "0.20.0" in caught.value.message
+            with pytest.raises(openai.NotFoundError):  # a model no box has: 404, as ever
+                await sdk.audio.transcriptions.create(model="nope:1b", file=("a.wav", AUDIO))
+        resp = await c.http.post("/v1/audio/transcriptions", files={"file": ("a.wav", AUDIO)})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "model"
+        assert c.box("deaf").stats.requests == 0

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ollamux.backends.sim.audio import Handler as AudioHandler
 from ollamux.backends.sim.engine import (
     Lease,
     QueueFull,
@@ -98,7 +99,8 @@ class SimConfig:
     embedding_dim: int = 8
     pull_time: float = 0.0  # seconds a /api/pull of a model the box lacks takes
     # Cloud models among ``models``: listed with remote_host, answered without a local slot
-    # (Ollama forwards them to ollama.com); /v1/responses is served from version 0.13.3.
+    # (Ollama forwards them to ollama.com). /v1/responses is served from version 0.13.3,
+    # /v1/audio/transcriptions from 0.20.0.
     remote: list[str] = field(default_factory=list)
 
 
@@ -193,6 +195,7 @@ class SimBox:
         self.store = Store(models, config, self.faults, self._scheduler.unload)
         self._runner: web.AppRunner | None = None
         self.responses = ResponsesHandler(self._version_text, self._chat_url)
+        self.audio = AudioHandler(self._version_text, self._chat_url)
 
     async def __aenter__(self) -> SimBox:
         await self.start()
@@ -253,6 +256,7 @@ class SimBox:
             web.post("/api/embed", guard(partial(self._embed, legacy=False))),
             web.post("/api/embeddings", guard(partial(self._embed, legacy=True))),
             web.post("/v1/responses", self.responses.handle),
+            web.post("/v1/audio/transcriptions", self.audio.handle),
             *self.store.routes(),
         ]
 

@@ -26,12 +26,12 @@ from ollamux.backends.sim.http import ApiError, read_object
 SINCE = (0, 13, 3)
 
 
-def serves(version: str) -> bool:
+def version_at_least(version: str, since: tuple[int, ...]) -> bool:
     parts = version.removeprefix("v").split("-")[0].split(".")
-    return tuple(int(p) if p.isdigit() else 0 for p in parts) >= SINCE
+    return tuple(int(p) if p.isdigit() else 0 for p in parts) >= since
 
 
-def _error(status: int, message: str) -> web.Response:
+def error(status: int, message: str) -> web.Response:
     kind = "invalid_request_error" if status < 500 else "api_error"
     body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
@@ -167,13 +167,13 @@ class Handler:
         self.last_stream = b""  # the bytes of the last stream sent (tests compare them)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if not serves(self._version()):
+        if not version_at_least(self._version(), SINCE):
             return web.Response(status=404, text="404 page not found")
         try:
             req = await read_object(request)
             chat = chat_of(req)
         except (ApiError, orjson.JSONDecodeError) as exc:
-            return _error(400, getattr(exc, "message", str(exc)))
+            return error(400, getattr(exc, "message", str(exc)))
         stream = req.get("stream") is True
         chat["stream"] = stream
         stem = str(random.randint(0, 999999))
@@ -183,7 +183,7 @@ class Handler:
         ):
             if answer.status != 200:
                 doc = orjson.loads(await answer.read())
-                return _error(answer.status, str(doc.get("error")))
+                return error(answer.status, str(doc.get("error")))
             if not stream:
                 final = orjson.loads(await answer.read())
                 message = final.get("message") or {}

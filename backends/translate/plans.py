@@ -20,7 +20,7 @@ from ollamux.backends.relay import Outbound, Translator
 from ollamux.backends.translate import ollama_client as to_openai
 from ollamux.backends.translate import openai_client as to_ollama
 from ollamux.backends.translate.models import own_id
-from ollamux.routing.errors import BadRequest
+from ollamux.routing.errors import BadRequest, ProxyError
 from ollamux.routing.state import BoxState, Fleet
 
 Plan = Callable[[BoxState], Outbound]
@@ -32,7 +32,7 @@ OLLAMA_KINDS = frozenset({"ollama"})
 class Routed:
     plan: Plan
     kinds: frozenset[str] | None = None  # None: any kind of box can serve it
-    error: BadRequest | None = None  # why other kinds cannot
+    error: ProxyError | None = None  # why other kinds cannot
     # Boxes that cannot take it whatever their kind (one that lacks the client's API and
     # that the request cannot be translated for); None: the kinds alone say.
     unable: Callable[[BoxState], bool] | None = None

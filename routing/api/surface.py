@@ -5,9 +5,9 @@ read as "this is not an Ollama server").
 Why not served: account routes (``/api/me``, ``/api/signout``, user keys) and the
 experimental web tools act for the account signed in on one box, which a proxy in front
 of many cannot choose for the client; ``/api/status`` describes one server;
-``/v1/audio/transcriptions`` takes a multipart upload and ``/v1/images/generations``
-is experimental in Ollama. The Responses API's own extras (token counting, compaction)
-are not Ollama's and not served either.
+``/v1/images/generations`` was experimental in Ollama and is gone from its current
+routes (``/v1/audio/transcriptions`` is routed: ``routing.api.audio``). The Responses
+API's own extras (token counting, compaction) are not Ollama's and not served either.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ UNSERVED: tuple[tuple[str, str, str], ...] = (
     ("POST", "/api/experimental/web_search", "it acts for the account signed in on one box"),
     ("POST", "/api/experimental/web_fetch", "it acts for the account signed in on one box"),
     ("GET", "/api/experimental/model-recommendations", "it is experimental in Ollama"),
-    ("POST", "/v1/audio/transcriptions", "multipart audio uploads are not routed"),
-    ("POST", "/v1/images/generations", "image generation is experimental in Ollama"),
+    ("POST", "/v1/images/generations", "image generation was experimental in Ollama"),
     ("POST", "/v1/responses/input_tokens", "token counting is not served"),
     ("POST", "/v1/responses/compact", "compaction needs stored responses"),
 )
