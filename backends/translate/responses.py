@@ -15,7 +15,8 @@ do (stored state, built-in tools, files) is a 400 naming the field, never droppe
 Kept, not sent: ``store`` (nothing is stored, as on Ollama: answers say ``store: false``),
 ``include``, ``metadata``, ``user``, ``safety_identifier``, ``prompt_cache_key``,
 ``service_tier``, ``truncation``, ``reasoning.summary`` and ``text.verbosity`` are about
-the service, not the model, and change nothing a box generates.
+the service, not the model, and change nothing a box generates; ``max_tool_calls`` limits
+built-in tools, which are refused anyway.
 
 Answers: ``responses_answer`` (a whole chat completion as a ``response``) and
 ``responses_stream`` (its stream as the Responses events).
