@@ -28,10 +28,12 @@ from starlette.responses import Response
 
 from ollamux.backends.relay import Exchanges
 from ollamux.routing.api import admin as admin_api
-from ollamux.routing.api import auth, server
+from ollamux.routing.api import audio as audio_api
+from ollamux.routing.api import auth, server, surface
 from ollamux.routing.api import models as fleet_api
 from ollamux.routing.api import ollama as ollama_api
 from ollamux.routing.api import openai as openai_api
+from ollamux.routing.api import responses as responses_api
 from ollamux.routing.api import router as router_api
 from ollamux.routing.api.auth import Auth, AuthMiddleware
 from ollamux.routing.api.client_limits import ClientLimits
@@ -71,9 +73,12 @@ def create_app(
             *ollama_api.routes,
             *fleet_api.routes,
             *openai_api.routes,
+            *responses_api.routes,
+            *audio_api.routes,
             *router_api.routes,
             *admin_api.routes,
             *auth.routes,
+            *surface.routes,  # last: Ollama's routes ollamux does not serve (501)
         ],
         middleware=[
             *cors(settings),
@@ -136,6 +141,8 @@ def error_response(request: Request, exc: ProxyError) -> Response:
     content: dict[str, Any]
     if request.url.path.startswith("/v1/"):
         content = {"error": {"message": exc.message, "type": exc.code, "code": exc.status}}
+        if exc.param is not None:
+            content["error"]["param"] = exc.param
     else:
         content = {"error": exc.message}
     return Response(

@@ -164,6 +164,14 @@ class Prober:
         self.fleet = self.fleet.replace(state)
         self._on_change()
 
+    def lacks(self, name: str, path: str) -> None:
+        """Traffic found that ``name`` does not serve ``path`` (a 404 whose translation
+        worked): not a failure; requests for that route are translated for it."""
+        state = self.fleet.by_name.get(name)
+        if state is not None and path not in state.lacking:
+            log.info("box %s does not serve %s: translating for it", name, path)
+            self._publish(replace(state, lacking=state.lacking | {path}))
+
     def poke(self, name: str) -> None:
         """Probe this box now (traffic found it failing)."""
         if name in self._boxes:
@@ -236,6 +244,8 @@ class Prober:
                 slots=probed.slots,
                 openai_api=probed.openai_api,
             )
+            if probed.version != current.version:
+                fields["lacking"] = frozenset()  # upgraded: what it lacked, it may serve now
         if probed.answered and not current.answered:
             fields["answered"] = True
         new = replace(current, **fields)

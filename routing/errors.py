@@ -5,6 +5,7 @@
     ├── Unauthorized          401  client key missing or wrong
     ├── ModelNotFound         404  no box advertises the model
     ├── RouteNotFound         404  / MethodNotAllowed 405
+    ├── RouteNotImplemented   501  a route Ollama serves that ollamux does not
     ├── PayloadTooLarge       413
     ├── TooManyRequests       429  one user holds their whole share of the waiting room
     ├── HeadersTooLarge       431
@@ -25,10 +26,13 @@ class ProxyError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.param = param  # the request field at fault (OpenAI's error ``param``)
 
 
 class BadRequest(ProxyError):
@@ -54,6 +58,11 @@ class RouteNotFound(ProxyError):
 class MethodNotAllowed(ProxyError):
     status = 405
     code = "method_not_allowed"
+
+
+class RouteNotImplemented(ProxyError):
+    status = 501
+    code = "not_implemented"
 
 
 class PayloadTooLarge(ProxyError):

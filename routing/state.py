@@ -60,6 +60,10 @@ class BoxState:
         """It answers its probes now (whatever its breaker or draining say)."""
         return self.health in (Health.HEALTHY, Health.DEGRADED)
 
+    # Routes the box answered 404 on where their translation worked (``/v1/responses`` on
+    # an older server): they are translated for it until its version changes.
+    lacking: frozenset[str] = frozenset()
+
     @property
     def routable(self) -> bool:
         healthy = self.health in (Health.HEALTHY, Health.DEGRADED)

@@ -21,7 +21,7 @@ from ollamux.backends.relay import Outbound, Translator
 from ollamux.backends.translate import ollama_client as to_openai
 from ollamux.backends.translate import openai_client as to_ollama
 from ollamux.backends.translate.models import own_id
-from ollamux.routing.errors import BadRequest
+from ollamux.routing.errors import BadRequest, ProxyError
 from ollamux.routing.state import BoxState, Fleet
 
 Plan = Callable[[BoxState], Outbound]
@@ -33,15 +33,20 @@ OLLAMA_KINDS = frozenset({"ollama"})
 class Routed:
     plan: Plan
     kinds: frozenset[str] | None = None  # None: any kind of box can serve it
-    error: BadRequest | None = None  # why other kinds cannot
+    error: ProxyError | None = None  # why other kinds cannot
     native: frozenset[str] | None = None  # the kinds left when it cannot be translated
     prepare: Callable[[], object] | None = None  # translate for the other kinds, now
     speaks: Callable[[BoxState], bool] | None = None  # the box gets the client's bytes
+    # Boxes that cannot take it whatever their kind (one that lacks the client's API and
+    # that the request cannot be translated for); None: the kinds alone say.
+    unable: Callable[[BoxState], bool] | None = None
 
     def check(self, fleet: Fleet, key: str) -> frozenset[str] | None:
         """The kinds of box that may serve this request. Translates it up front when a box
         of another kind has the model, so a request that cannot be translated is known
-        before a slot is taken; refuses one that only such boxes could serve."""
+        before a slot is taken; refuses one that only such boxes could serve. A box of a
+        fitting kind that is down now still counts: the dispatcher then says 503 and why,
+        as for any model whose boxes are down."""
         kinds, error = self.kinds, self.error
         if self.prepare is not None and self.native is not None and self.speaks is not None:
             speaks = self.speaks
@@ -50,15 +55,19 @@ class Routed:
                     self.prepare()
                 except BadRequest as exc:
                     kinds, error = self.native, exc
-        if error is not None and fleet.knows(key) and not _served(fleet, key, kinds or ()):
+        if error is None or not fleet.knows(key):
+            return kinds
+        if not any(key in b.models and self._can(b, kinds) for b in fleet.boxes):
             raise error
         return kinds
 
+    def can(self, box: BoxState) -> bool:
+        return self._can(box, self.kinds)
 
-def _served(fleet: Fleet, key: str, kinds: frozenset[str] | tuple[()]) -> bool:
-    # A box of a fitting kind that is down now still counts: the dispatcher then says
-    # 503 and why, as for any model whose boxes are down.
-    return any(key in b.models and b.kind in kinds for b in fleet.boxes)
+    def _can(self, box: BoxState, kinds: frozenset[str] | None) -> bool:
+        if self.unable is not None:
+            return not self.unable(box)
+        return box.kind in (kinds or ())
 
 
 def speaks_openai(box: BoxState) -> bool:
@@ -73,7 +82,7 @@ def for_ollama_client(path: str, body: bytes, doc: dict[str, Any], model: str, k
     """An Ollama route: Ollama boxes get the bytes, others a translation to /v1."""
 
     def native(box: BoxState) -> Outbound:
-        return Outbound(path, _with_model(body, doc, own_id(box, key, model), model))
+        return Outbound(path, with_model(body, doc, own_id(box, key, model), model))
 
     if path not in ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings"):
         return Routed(native, OLLAMA_KINDS)  # /api/show: Ollama boxes only
@@ -112,7 +121,7 @@ def for_openai_client(path: str, body: bytes, doc: dict[str, Any], model: str, k
     the bytes; other Ollama boxes a translation to their native /api."""
 
     def same(box: BoxState) -> Outbound:
-        return Outbound(path, _with_model(body, doc, own_id(box, key, model), model))
+        return Outbound(path, with_model(body, doc, own_id(box, key, model), model))
 
     convert = _openai_converter(path)
     converted: list[tuple[str, dict[str, Any]]] = []
@@ -145,7 +154,7 @@ def for_openai_client(path: str, body: bytes, doc: dict[str, Any], model: str, k
     return Routed(plan, native=OPENAI_KINDS, prepare=translated, speaks=speaks_openai)
 
 
-def _with_model(body: bytes, doc: Mapping[str, Any], own: str, model: str) -> bytes:
+def with_model(body: bytes, doc: Mapping[str, Any], own: str, model: str) -> bytes:
     """The client's bytes, unless the box knows the model by another id: then the same
     body with only ``model`` changed."""
     if own == model:
