@@ -26,8 +26,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ollamux.backends.relay import Exchanges
+from ollamux.backends.translate.anthropic_response import error_doc
 from ollamux.routing.affinity import conversation_key
 from ollamux.routing.api import admin as admin_api
+from ollamux.routing.api import anthropic as anthropic_api
 from ollamux.routing.api import auth, server
 from ollamux.routing.api import models as fleet_api
 from ollamux.routing.api import ollama as ollama_api
@@ -69,6 +71,7 @@ def create_app(settings: Settings, config_path: str | Path | None = None) -> Sta
             *ollama_api.routes,
             *fleet_api.routes,
             *openai_api.routes,
+            *anthropic_api.routes,
             Route("/router/status", router_status, methods=["GET"]),
             Route("/router/explain", router_explain, methods=["GET"]),
             *router_api.routes,
@@ -151,7 +154,10 @@ async def router_status(request: Request) -> Response:
 def error_response(request: Request, exc: ProxyError) -> Response:
     """One error, in the shape of the API the client spoke."""
     content: dict[str, Any]
-    if request.url.path.startswith("/v1/"):
+    path = request.url.path
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        content = error_doc(exc.status, exc.message)
+    elif path.startswith("/v1/"):
         content = {"error": {"message": exc.message, "type": exc.code, "code": exc.status}}
     else:
         content = {"error": exc.message}

@@ -68,6 +68,9 @@ class Outbound:
     path: str
     body: bytes
     translator: Translator | None = None
+    # A route the box may not serve (Anthropic's /v1/messages): if it answers 404, this
+    # is what to send the same box instead (a translation); it learns the box's answer.
+    instead: Callable[[], Outbound] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class Target:
     api_key: str | None
     body: bytes
     translator: Translator | None = None
+    instead: Callable[[], Target] | None = None  # see Outbound.instead
 
 
 @dataclass(slots=True)
@@ -234,6 +238,12 @@ class Exchange:
                         self.outcome.status = exc.status
                         raise
                     continue
+                if resp.status == 404 and target.instead is not None:
+                    # The box does not serve the route: no failure, no failover; the same
+                    # box, holding the same slot, gets the translation instead.
+                    resp.close()
+                    self._target = target.instead()
+                    continue
                 if resp.status >= 500 or resp.status == 429:
                     if resp.status == 429:  # rate-limited: it rests, no mark against health
                         self._on_refused(target.box, resp.header("retry-after"))
@@ -331,7 +341,7 @@ class Exchange:
                 kind = resp.content_type
                 if translator is not None:
                     kind = translator.content_type(resp.status, kind)
-                await _send_quietly(send, _error_tail(kind, error))
+                await _send_quietly(send, _error_tail(kind, error, outcome.path))
             return
         except OSError:  # the client went away while we wrote to it
             outcome.client_gone = True
@@ -347,8 +357,12 @@ class Exchange:
             self._lease = None
 
 
-def _error_tail(content_type: str, exc: ProxyError) -> bytes:
+def _error_tail(content_type: str, exc: ProxyError, path: str = "") -> bytes:
     """A last message in the stream's own framing, so the client sees why it ended."""
+    if path.startswith("/v1/messages"):  # Anthropic's stream: its own error event
+        kind = "overloaded_error" if exc.status == 503 else "api_error"
+        error = {"type": "error", "error": {"type": kind, "message": exc.message}}
+        return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
     if content_type.startswith("text/event-stream"):
         error = {"error": {"message": exc.message, "type": exc.code, "code": exc.status}}
         return b"data: " + orjson.dumps(error) + b"\n\n"

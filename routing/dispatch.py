@@ -110,7 +110,7 @@ class Dispatcher:
             picked = self.pick(req)
         if isinstance(picked, Candidate):
             return picked
-        raise no_route_error(picked, display_name)
+        raise no_route_error(picked, display_name, self._prober.fleet)
 
     async def acquire(self, req: Request, display_name: str, ticket: Ticket = NORMAL) -> Lease:
         """Reserve a slot on the best box for ``req``, waiting for one if need be."""
@@ -128,7 +128,7 @@ class Dispatcher:
             self._placed(result, ranked[0], ticket, None)
             return result
         if isinstance(result, NoRoute):
-            raise no_route_error(result, display_name)
+            raise no_route_error(result, display_name, self._prober.fleet)
         assert isinstance(result, Wait)
         return await self._wait(req, display_name, ticket, result.pin)
 
@@ -290,10 +290,23 @@ class Dispatcher:
         return replace(req, exclude=req.exclude | failed)
 
 
-def no_route_error(reason: NoRoute, model: str) -> ModelNotFound | NoCapacity:
+def no_route_error(
+    reason: NoRoute, model: str, fleet: Fleet | None = None
+) -> ModelNotFound | NoCapacity:
     if reason is NoRoute.UNKNOWN_MODEL:
-        return ModelNotFound(f'model "{model}" not found, try pulling it first')
+        message = f'model "{model}" not found, try pulling it first'
+        return ModelNotFound(message + fleet_models(fleet) if fleet is not None else message)
     return NoCapacity(f'no healthy box can serve model "{model}" right now', retry_after=5)
+
+
+def fleet_models(fleet: Fleet, most: int = 20) -> str:
+    """The models the fleet has, for a 404: an agent sent a name no box knows (a
+    ``claude-...`` model, say), and the user needs to see what to map it to (aliases)."""
+    names = sorted({m for b in fleet.boxes if b.routable for m in b.models})
+    if not names:
+        return ""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return "; the fleet has: " + ", ".join(names[:most]) + more
 
 
 def _now() -> float:

@@ -14,6 +14,7 @@ from typing import Any
 from ollamux.backends.kinds import adapters
 from ollamux.backends.prober import Prober
 from ollamux.backends.relay import Exchange, Outbound, Outcome, Target
+from ollamux.backends.translate.anthropic_plan import MessagesSupport
 from ollamux.backends.upstream import Upstream
 from ollamux.routing.choose import Request
 from ollamux.routing.dispatch import Dispatcher
@@ -26,7 +27,7 @@ from ollamux.routing.observe.metrics import Metrics
 from ollamux.routing.observe.stats import Stats
 from ollamux.routing.observe.status import StatusBoard
 from ollamux.routing.settings import Settings
-from ollamux.routing.state import BoxState, canonical_model, model_key
+from ollamux.routing.state import BoxState, model_key, pattern_alias, split_aliases
 from ollamux.routing.waiting import PRIORITIES, Ticket
 
 # How to send one client request to a given box (its path and body; translation if its
@@ -39,7 +40,8 @@ class Services:
         self.settings = settings
         self.endpoints = {ep.name: ep for ep in settings.endpoints}
         self._retiring: set[str] = set()  # removed from the config, draining
-        self.aliases = {canonical_model(own): name for own, name in settings.aliases}
+        self.aliases, self.patterns = split_aliases(settings.aliases)
+        self.messages = MessagesSupport()  # which boxes serve Anthropic's /v1/messages
         self.upstream = Upstream(settings.timeouts)
         self.board = StatusBoard(
             lambda: self.prober.fleet,
@@ -56,8 +58,15 @@ class Services:
         self.dispatcher = Dispatcher(settings, self.ledger, self.prober, rng or random.Random())
 
     def model_key(self, name: str) -> str:
-        """The routing key of the model a client asked for (aliases applied)."""
-        return model_key(name, self.aliases)
+        """The routing key of the model a client asked for (aliases applied). A glob
+        pattern (``claude-*``) only maps names no box has: a model the fleet serves is
+        never shadowed by a pattern."""
+        key = model_key(name, self.aliases)
+        if self.patterns and not self.prober.fleet.knows(key):
+            target = pattern_alias(name, self.patterns)
+            if target is not None:
+                return model_key(target, self.aliases)
+        return key
 
     def _usage_changed(self) -> None:
         self.stats.usage_changed(self.ledger.usage)
@@ -71,7 +80,7 @@ class Services:
         their last request ends. Returns what changed, by box name."""
         old, new = self.endpoints, {ep.name: ep for ep in settings.endpoints}
         self.settings = settings
-        self.aliases = {canonical_model(own): name for own, name in settings.aliases}
+        self.aliases, self.patterns = split_aliases(settings.aliases)
         self.endpoints = {**old, **new}  # removed boxes stay known until they retire
         self.upstream.retime(settings.timeouts)
         removed = self.prober.reconfigure(settings, adapters(self.aliases))
@@ -111,9 +120,13 @@ class Services:
         await self.stats.stop()
 
     def target(self, box: str, plan: Plan) -> Target:
+        return self._target(box, plan(self.prober.fleet.by_name[box]))
+
+    def _target(self, box: str, out: Outbound) -> Target:
         ep = self.endpoints[box]
-        out = plan(self.prober.fleet.by_name[box])
-        return Target(box, ep.url + out.path, ep.api_key, out.body, out.translator)
+        instead = out.instead
+        fallback = None if instead is None else lambda: self._target(box, instead())
+        return Target(box, ep.url + out.path, ep.api_key, out.body, out.translator, fallback)
 
     async def exchange(
         self,

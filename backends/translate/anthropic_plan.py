@@ -1,0 +1,123 @@
+"""How an Anthropic Messages request reaches each box: the client's bytes where the box
+serves ``/v1/messages`` itself, a translation where it does not.
+
+Which boxes serve it (``MessagesSupport``): an Ollama box from version 0.14.0 (its
+``/api/version``, which the prober reads), and every llama-server (recent builds serve
+``/v1/messages`` and ``/v1/messages/count_tokens``). A box that answers 404 all the same
+(an older llama-server) is remembered as not serving it, until its version changes, and
+gets the translation from then on, starting with the request that found out; the 404 is
+no failure. Generic OpenAI-compatible boxes always get the translation: chat
+completions is all they promise. ``count_tokens`` goes through only to llama-server
+(Ollama does not serve it); elsewhere it is a one-token generation whose usage counts the
+prompt with the box's own tokenizer and chat template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ollamux.backends.relay import Outbound, Translator
+from ollamux.backends.translate.anthropic_request import chat_request, ollama_chat_request
+from ollamux.backends.translate.anthropic_response import (
+    AnthropicErrors,
+    CountFromOpenAI,
+    OpenAIToAnthropic,
+    from_ollama,
+)
+from ollamux.backends.translate.models import own_id
+from ollamux.backends.translate.plans import Routed
+from ollamux.routing.errors import BadRequest
+from ollamux.routing.state import BoxState
+
+MESSAGES = "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"
+OLLAMA_MESSAGES = (0, 14, 0)  # the first Ollama that serves /v1/messages
+
+
+class MessagesSupport:
+    """Which boxes serve Anthropic's routes themselves: known from kind and version,
+    corrected by what a box answered."""
+
+    def __init__(self) -> None:
+        self._refused: dict[str, str | None] = {}  # box -> its version when it said 404
+
+    def speaks(self, box: BoxState, *, count: bool = False) -> bool:
+        if box.name in self._refused and self._refused[box.name] == box.version:
+            return False
+        if box.kind == "llama-server":
+            return True
+        if box.kind == "ollama" and not count:
+            return version_tuple(box.version) >= OLLAMA_MESSAGES
+        return False
+
+    def refused(self, box: BoxState) -> None:
+        self._refused[box.name] = box.version
+
+    def known_refusals(self) -> Mapping[str, str | None]:
+        return dict(self._refused)
+
+
+def version_tuple(version: str | None) -> tuple[int, ...]:
+    if not version:
+        return ()
+    parts = []
+    for part in version.lstrip("v").split("-")[0].split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def for_anthropic_client(
+    path: str,
+    body: bytes,
+    doc: dict[str, Any],
+    model: str,
+    key: str,
+    support: MessagesSupport,
+) -> Routed:
+    count = path == COUNT_TOKENS
+    stream = doc.get("stream") is True and not count
+    # Translated once, up front; a request one kind of box cannot take is refused (400,
+    # naming the field) only when such a box is the one chosen.
+    openai: dict[str, Any] | BadRequest
+    ollama: dict[str, Any] | BadRequest
+    try:
+        openai = chat_request(doc, count=count)
+    except BadRequest as exc:
+        openai = exc
+    try:
+        ollama = ollama_chat_request(doc, count=count)
+    except BadRequest as exc:
+        ollama = exc
+
+    def translated(box: BoxState) -> Outbound:
+        own = own_id(box, key, model)
+        translator: Translator
+        if box.kind == "ollama":
+            if isinstance(ollama, BadRequest):
+                raise ollama
+            translator = from_ollama(model, stream=stream, count=count)
+            return Outbound("/api/chat", orjson.dumps({**ollama, "model": own}), translator)
+        if isinstance(openai, BadRequest):
+            raise openai
+        translator = CountFromOpenAI() if count else OpenAIToAnthropic(model, stream=stream)
+        sent = orjson.dumps({**openai, "model": own})
+        return Outbound("/v1/chat/completions", sent, translator)
+
+    def plan(box: BoxState) -> Outbound:
+        if not support.speaks(box, count=count):
+            return translated(box)
+        own = own_id(box, key, model)
+        sent = body if own == model else orjson.dumps({**doc, "model": own})
+
+        def instead() -> Outbound:
+            support.refused(box)
+            return translated(box)
+
+        return Outbound(path, sent, AnthropicErrors(), instead)
+
+    return Routed(plan)
