@@ -2,7 +2,8 @@
 
 The relay keeps the last bytes of every response (``Outcome.tail``); the figures a box
 reports sit in its final chunk: Ollama's ``prompt_eval_count``, ``eval_count``,
-``eval_duration``, ``load_duration`` (nanoseconds), OpenAI's ``usage`` and
+``eval_duration``, ``load_duration`` (nanoseconds), OpenAI's ``usage``, Anthropic's
+``usage`` (``input_tokens``, ``output_tokens``) and
 llama-server's ``timings`` (milliseconds). Nothing here touches the stream on its way
 to the client.
 
@@ -30,6 +31,9 @@ _KEYS = (
     # OpenAI usage
     "prompt_tokens",
     "completion_tokens",
+    # Anthropic usage (a Messages box's message_delta)
+    "input_tokens",
+    "output_tokens",
     # llama-server timings (durations in milliseconds)
     "prompt_n",
     "prompt_ms",
@@ -77,8 +81,8 @@ def read_counts(tail: bytes) -> Counts:
             load_seconds=_scaled(found.get("load_duration"), 1e-9),
             total_seconds=_scaled(found.get("total_duration"), 1e-9),
         )
-    prompt = found.get("prompt_tokens", found.get("prompt_n"))
-    output = found.get("completion_tokens", found.get("predicted_n"))
+    prompt = found.get("prompt_tokens", found.get("prompt_n", found.get("input_tokens")))
+    output = found.get("completion_tokens", found.get("predicted_n", found.get("output_tokens")))
     prompt_seconds = _scaled(found.get("prompt_ms"), 1e-3)
     decode_seconds = _scaled(found.get("predicted_ms"), 1e-3)
     total = None

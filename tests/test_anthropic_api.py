@@ -1,0 +1,460 @@
+"""Anthropic's Messages API through ollamux, with the official `anthropic` SDK over real
+sockets: boxes that serve /v1/messages themselves (an Ollama 0.14, a llama-server) get
+the client's bytes and their streams come back byte for byte; boxes that do not (an
+older Ollama, a llama-server build without the route, a generic OpenAI box) get a
+translation. Tools, count_tokens, unknown models, keys, a box's 404 on the route, a
+stream cut mid-way, and no slot left in use after any of it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+
+from ollamux.app import create_app
+from ollamux.backends.sim.llama_server import LlamaConfig, SimLlama
+from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.api.services import Services
+from ollamux.routing.settings import parse_settings
+from tests.conftest import serve_app
+
+OLD = "qwen3:8b"  # on an Ollama 0.12.6: no /v1/messages
+NEW = "qwen3-coder:30b"  # on an Ollama 0.14.0: /v1/messages
+GGUF = "org/Qwen3-Coder-GGUF:Q4_K_M"  # on a llama-server that serves /v1/messages
+PLAIN = "org/Gemma-GGUF:Q4_K_M"  # on a llama-server build without it
+GENERIC = "org/Mistral-GGUF:Q8_0"  # on a generic OpenAI-compatible box
+WEATHER = {
+    "name": "get_weather",
+    "description": "the weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+ASK = [{"role": "user", "content": "what is the weather in Paris"}]
+# model -> (box name, path the box gets, whether ollamux translates)
+ROUTES = {
+    OLD: ("old", "/api/chat", True),
+    NEW: ("new", "/v1/messages", False),
+    GGUF: ("llama", "/v1/messages", False),
+    PLAIN: ("plain", "/v1/chat/completions", True),
+    GENERIC: ("generic", "/v1/chat/completions", True),
+}
+TRANSLATED = [m for m, (_, _, t) in ROUTES.items() if t]
+NATIVE = [m for m, (_, _, t) in ROUTES.items() if not t]
+
+
+@dataclass
+class Fleet:
+    url: str
+    app: Starlette
+    http: httpx.AsyncClient
+    ollama: dict[str, SimBox]
+    llama: dict[str, SimLlama]
+    clients: list[anthropic.AsyncAnthropic] = field(default_factory=list)
+
+    @property
+    def services(self) -> Services:
+        svc: Services = self.app.state.services
+        return svc
+
+    def client(self, **kw: Any) -> anthropic.AsyncAnthropic:
+        if "auth_token" not in kw:
+            kw.setdefault("api_key", "unused")
+        client = anthropic.AsyncAnthropic(base_url=self.url, max_retries=0, **kw)
+        self.clients.append(client)  # closed when the fleet goes
+        return client
+
+    def box_url(self, model: str) -> str:
+        name = ROUTES[model][0]
+        box = self.ollama.get(name) or self.llama[name]
+        return box.url
+
+
+@asynccontextmanager
+async def fleet(**extra: Any) -> AsyncIterator[Fleet]:
+    async with AsyncExitStack() as stack:
+        ollama = {
+            "old": SimBox(SimConfig(name="old", models=[OLD])),
+            "new": SimBox(SimConfig(name="new", models=[NEW], version="0.14.0")),
+        }
+        llama = {
+            "llama": SimLlama(LlamaConfig(name="llama", models=[GGUF])),
+            "plain": SimLlama(LlamaConfig(name="plain", models=[PLAIN], messages=False)),
+            "generic": SimLlama(LlamaConfig(name="generic", models=[GENERIC])),
+        }
+        for box in [*ollama.values(), *llama.values()]:
+            await stack.enter_async_context(box)  # type: ignore[arg-type]
+        kinds = {"llama": "llama-server", "plain": "llama-server", "generic": "openai"}
+        endpoints: list[dict[str, Any]] = [{"url": b.url, "name": n} for n, b in ollama.items()]
+        endpoints += [{"url": b.url, "name": n, "kind": kinds[n]} for n, b in llama.items()]
+        probe = {"ps": 0.1, "tags": 30.0, "timeout": 2.0, "max_backoff": 0.2}
+        app = create_app(parse_settings({"endpoints": endpoints, "probe": probe, **extra}))
+        url = await stack.enter_async_context(serve_app(app))
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=url, timeout=10, trust_env=False)
+        )
+        f = Fleet(url, app, http, ollama, llama)
+        await _settled(f)
+        try:
+            yield f
+        finally:
+            for client in f.clients:
+                await client.close()
+        # After every test: no slot left in use.
+        for _ in range(200):
+            if not f.services.ledger.usage:
+                break
+            await asyncio.sleep(0.01)
+        assert not f.services.ledger.usage, f.services.ledger.usage
+
+
+async def _settled(f: Fleet) -> None:
+    for _ in range(300):
+        boxes = f.services.prober.fleet.boxes
+        if len(boxes) == 5 and all(b.routable and b.models for b in boxes):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the boxes were not probed in time")
+
+
+def _paths(f: Fleet, model: str) -> list[str]:
+    name = ROUTES[model][0]
+    if name in f.llama:
+        return [path for path, _ in f.llama[name].received]
+    return []
+
+
+# -- text, whole and streamed ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", list(ROUTES))
+async def test_messages_create_on_every_kind_of_box(model: str) -> None:
+    async with fleet() as f:
+        message = await f.client().messages.create(
+            model=model, max_tokens=200, system="be brief", messages=ASK
+        )
+        assert message.type == "message" and message.role == "assistant"
+        assert message.content[0].type == "text" and message.content[0].text.strip()
+        assert message.stop_reason in ("end_turn", "max_tokens")
+        assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+        name, path, _ = ROUTES[model]
+        if name in f.llama:
+            assert _paths(f, model)[-1] == path
+
+
+@pytest.mark.parametrize("model", list(ROUTES))
+async def test_messages_stream_on_every_kind_of_box(model: str) -> None:
+    async with fleet() as f:
+        client = f.client()
+        whole = await client.messages.create(model=model, max_tokens=200, messages=ASK)
+        async with client.messages.stream(model=model, max_tokens=200, messages=ASK) as stream:
+            text = "".join([t async for t in stream.text_stream])
+            final = await stream.get_final_message()
+        assert text and text == whole.content[0].text  # type: ignore[union-attr]
+        assert final.content[0].text == text  # type: ignore[union-attr]
+        assert final.stop_reason == whole.stop_reason
+        assert final.usage.output_tokens == whole.usage.output_tokens
+
+
+@pytest.mark.parametrize("model", NATIVE)
+async def test_a_box_that_speaks_messages_gets_bytes_through(model: str) -> None:
+    """The stream ollamux relays is byte for byte the box's own answer to the same ask
+    (asked once before, so the box's prompt cache is as warm for both)."""
+    body = {"model": model, "max_tokens": 50, "messages": ASK, "stream": True}
+    async with fleet() as f, httpx.AsyncClient(trust_env=False) as direct:
+        await direct.post(f.box_url(model) + "/v1/messages", json=body)
+        via = await f.http.post("/v1/messages", json=body, headers={"anthropic-version": "1"})
+        own = await direct.post(f.box_url(model) + "/v1/messages", json=body)
+        assert via.status_code == own.status_code == 200
+        assert via.headers["content-type"].startswith("text/event-stream")
+        assert via.content == own.content
+        assert b"event: message_stop" in via.content
+        assert via.headers["x-ollamux-endpoint"] == ROUTES[model][0]
+
+
+async def test_translated_text_is_what_the_model_says_on_its_own_route() -> None:
+    """Translation changes the envelope, never the words: the old Ollama's /api/chat
+    answer is the message's text."""
+    async with fleet() as f:
+        message = await f.client().messages.create(model=OLD, max_tokens=20, messages=ASK)
+        async with httpx.AsyncClient(trust_env=False) as direct:
+            body = {"model": OLD, "messages": ASK, "stream": False, "options": {"num_predict": 20}}
+            own = (await direct.post(f.box_url(OLD) + "/api/chat", json=body)).json()
+        assert message.content[0].text == own["message"]["content"]  # type: ignore[union-attr]
+        assert message.stop_reason == "max_tokens"  # done_reason "length"
+        assert message.usage.output_tokens == own["eval_count"]
+
+
+# -- tools ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", list(ROUTES))
+async def test_tool_use_comes_back_with_name_and_input(model: str) -> None:
+    async with fleet() as f:
+        client = f.client()
+        message = await client.messages.create(
+            model=model,
+            max_tokens=100,
+            tools=[WEATHER],
+            messages=ASK,  # type: ignore[list-item]
+        )
+        async with client.messages.stream(
+            model=model,
+            max_tokens=100,
+            tools=[WEATHER],
+            messages=ASK,  # type: ignore[list-item]
+        ) as stream:
+            final = await stream.get_final_message()
+    for answer in (message, final):
+        assert answer.stop_reason == "tool_use"
+        call = next(b for b in answer.content if b.type == "tool_use")
+        assert call.name == "get_weather" and call.id
+        if ROUTES[model][0] in ("old", "new"):
+            assert call.input == {}  # the simulated Ollama model calls tools without arguments
+        else:
+            assert set(call.input) == {"city"}  # type: ignore[arg-type]
+    assert [b.input for b in final.content if b.type == "tool_use"] == [  # type: ignore[union-attr]
+        b.input
+        for b in message.content
+        if b.type == "tool_use"  # type: ignore[union-attr]
+    ]
+
+
+@pytest.mark.parametrize("model", list(ROUTES))
+async def test_a_tool_result_continues_the_conversation(model: str) -> None:
+    async with fleet() as f:
+        client = f.client()
+        first = await client.messages.create(
+            model=model,
+            max_tokens=100,
+            tools=[WEATHER],
+            messages=ASK,  # type: ignore[list-item]
+        )
+        call = next(b for b in first.content if b.type == "tool_use")
+        turns: list[Any] = [
+            *ASK,
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21 C"}
+                ],
+            },
+        ]
+        second = await client.messages.create(
+            model=model,
+            max_tokens=100,
+            tools=[WEATHER],
+            messages=turns,  # type: ignore[list-item]
+        )
+        assert second.stop_reason in ("end_turn", "max_tokens")
+        assert second.content[0].type == "text"
+
+
+async def test_tool_choice_the_box_cannot_honour_is_a_400_naming_it() -> None:
+    async with fleet() as f:
+        with pytest.raises(anthropic.BadRequestError) as err:
+            await f.client().messages.create(
+                model=OLD,
+                max_tokens=10,
+                tools=[WEATHER],  # type: ignore[list-item]
+                tool_choice={"type": "any"},
+                messages=ASK,
+            )
+        assert "tool_choice" in str(err.value)
+        assert err.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+        # A llama-server can be made to call the tool, translated or not.
+        for model in (GGUF, PLAIN):
+            forced = await f.client().messages.create(
+                model=model,
+                max_tokens=10,
+                tools=[WEATHER],  # type: ignore[list-item]
+                tool_choice={"type": "tool", "name": "get_weather"},
+                messages=ASK,
+            )
+            assert forced.stop_reason == "tool_use"
+
+
+async def test_a_field_a_translated_box_has_no_equivalent_for_is_a_400_naming_it() -> None:
+    async with fleet() as f:
+        for model in TRANSLATED:
+            with pytest.raises(anthropic.BadRequestError) as err:
+                await f.client().messages.create(
+                    model=model,
+                    max_tokens=10,
+                    messages=[
+                        {
+                            "role": "user",
+                            "content": [
+                                {
+                                    "type": "document",
+                                    "source": {
+                                        "type": "text",
+                                        "media_type": "text/plain",
+                                        "data": "x",
+                                    },
+                                }
+                            ],
+                        }
+                    ],
+                )
+            assert "messages.0.content.0.type" in err.value.message
+
+
+# -- count_tokens ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", list(ROUTES))
+async def test_count_tokens(model: str) -> None:
+    async with fleet() as f:
+        short = await f.client().messages.count_tokens(model=model, messages=ASK)
+        longer = await f.client().messages.count_tokens(
+            model=model, system="answer in french, briefly and politely", messages=ASK
+        )
+        assert 0 < short.input_tokens < longer.input_tokens
+        if model == GGUF:  # the box counts itself: bytes through
+            assert _paths(f, model)[-1] == "/v1/messages/count_tokens"
+        if model in (PLAIN, GENERIC):  # a one-token generation whose usage is the count
+            sent = orjson.loads(f.llama[ROUTES[model][0]].received[-1][1])
+            assert sent["max_tokens"] == 1
+
+
+async def test_count_tokens_agrees_with_the_box_that_counts_itself() -> None:
+    async with fleet() as f:
+        native = await f.client().messages.count_tokens(model=GGUF, messages=ASK)
+        translated = await f.client().messages.count_tokens(model=PLAIN, messages=ASK)
+        assert native.input_tokens == translated.input_tokens
+
+
+# -- model names, keys, errors --------------------------------------------------------
+
+
+async def test_an_unknown_model_is_not_found_naming_the_fleets_models() -> None:
+    async with fleet() as f:
+        with pytest.raises(anthropic.NotFoundError) as err:
+            await f.client().messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=ASK)
+        assert err.value.body["type"] == "error"  # type: ignore[index]
+        assert err.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+        assert "claude-sonnet-4-5" in err.value.message
+        assert NEW in err.value.message and GGUF in err.value.message
+
+
+async def test_claude_names_map_to_a_fleet_model_by_glob_alias() -> None:
+    async with fleet(aliases={"claude-*": NEW, "gpt-5*": GGUF}) as f:
+        message = await f.client().messages.create(
+            model="claude-sonnet-4-5-20250929", max_tokens=10, messages=ASK
+        )
+        assert message.content[0].text  # type: ignore[union-attr]
+        resp = await f.http.post(
+            "/v1/chat/completions", json={"model": "gpt-5-codex", "messages": ASK}
+        )
+        assert resp.status_code == 200 and resp.headers["x-ollamux-endpoint"] == "llama"
+        # A model a box has is never shadowed by a pattern.
+        ollama_chat = {"model": OLD, "messages": ASK, "stream": False}
+        own = await f.http.post("/api/chat", json=ollama_chat)
+        assert own.headers["x-ollamux-endpoint"] == "old"
+
+
+async def test_client_keys_as_x_api_key_or_bearer_and_a_bad_one_is_refused() -> None:
+    async with fleet(auth={"api_keys": ["sekret"]}) as f:
+        with pytest.raises(anthropic.AuthenticationError) as err:
+            await f.client(api_key="wrong").messages.create(model=NEW, max_tokens=10, messages=ASK)
+        assert err.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+        by_key = await f.client(api_key="sekret").messages.create(
+            model=GGUF, max_tokens=10, messages=ASK
+        )
+        by_token = f.client(auth_token="sekret")
+        by_bearer = await by_token.messages.create(model=GGUF, max_tokens=10, messages=ASK)
+        assert by_key.content == by_bearer.content
+
+
+async def test_malformed_requests_are_400_in_anthropics_shape() -> None:
+    async with fleet() as f:
+        for body, field in (
+            (b"{", "invalid JSON"),
+            (orjson.dumps({"model": NEW, "messages": ASK}), "max_tokens"),
+            (orjson.dumps({"model": NEW, "max_tokens": 5}), "messages"),
+            (orjson.dumps({"max_tokens": 5, "messages": ASK}), "model"),
+        ):
+            resp = await f.http.post("/v1/messages", content=body)
+            assert resp.status_code == 400
+            doc = resp.json()
+            assert doc["type"] == "error" and doc["error"]["type"] == "invalid_request_error"
+            assert field in doc["error"]["message"]
+
+
+async def test_a_box_error_takes_anthropics_shape() -> None:
+    async with fleet() as f:
+        f.llama["llama"].faults.error_status = 400  # llama-server's own (OpenAI) shape
+        with pytest.raises(anthropic.BadRequestError) as err:
+            await f.client().messages.create(model=GGUF, max_tokens=10, messages=ASK)
+        assert err.value.body == {  # type: ignore[comparison-overlap]
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": "simulated failure"},
+        }
+
+
+# -- learning which boxes serve the route ---------------------------------------------
+
+
+async def test_a_404_on_the_route_is_learned_not_a_failure() -> None:
+    async with fleet() as f:
+        for _ in range(3):
+            message = await f.client().messages.create(model=PLAIN, max_tokens=10, messages=ASK)
+            assert message.content[0].text  # type: ignore[union-attr]
+        # The box has no /v1/messages route (its 404 comes before any handler, so it
+        # records nothing there): all three answers were translations.
+        assert _paths(f, PLAIN).count("/v1/chat/completions") == 3
+        box = f.services.prober.fleet.by_name["plain"]
+        assert box.routable and box.breaker.value == "closed" and box.health == "healthy"
+        assert "plain" in f.services.messages.known_refusals()
+        status = await f.http.get("/router/status")
+        plain = next(e for e in status.json()["endpoints"] if e["name"] == "plain")
+        assert plain["health"] == "healthy"
+
+
+# -- a stream cut mid-way -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "box"), [(OLD, "old"), (NEW, "new")])
+async def test_a_stream_cut_mid_way_ends_with_an_error_event(model: str, box: str) -> None:
+    body = {"model": model, "max_tokens": 50, "messages": ASK, "stream": True}
+    async with fleet() as f:
+        f.ollama[box].faults.kill_after_chunks = 4
+        resp = await f.http.post("/v1/messages", json=body)
+        assert resp.status_code == 200
+        events = resp.text.strip().split("\n\n")
+        assert events[0].startswith("event: message_start")
+        last = events[-1].split("\n")
+        assert last[0] == "event: error"
+        error = orjson.loads(last[1].removeprefix("data: "))
+        assert error["type"] == "error" and error["error"]["type"] == "api_error"
+        with pytest.raises(anthropic.APIStatusError):
+            async with f.client().messages.stream(
+                model=model, max_tokens=50, messages=ASK
+            ) as stream:
+                await stream.get_final_message()
+
+
+# -- accounting -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [OLD, NEW, GGUF])
+async def test_tokens_are_counted_like_every_route(model: str) -> None:
+    async with fleet() as f:
+        before = f.services.board.requests
+        async with f.client().messages.stream(model=model, max_tokens=30, messages=ASK) as s:
+            final = await s.get_final_message()
+        for _ in range(100):
+            if f.services.board.requests > before:
+                break
+            await asyncio.sleep(0.01)
+        metrics = (await f.http.get("/metrics")).text
+        assert f'model="{model}' in metrics or model.split(":")[0] in metrics
+        assert final.usage.output_tokens > 0
