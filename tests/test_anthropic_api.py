@@ -445,16 +445,28 @@ async def test_a_stream_cut_mid_way_ends_with_an_error_event(model: str, box: st
 # -- accounting -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", [OLD, NEW, GGUF])
-async def test_tokens_are_counted_like_every_route(model: str) -> None:
+@pytest.mark.parametrize("model", [OLD, NEW, GGUF, PLAIN])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tokens_are_counted_like_every_route(model: str, stream: bool) -> None:
+    """The box's final counts reach the totals, the dashboard's feed and /metrics,
+    whether the box spoke Messages itself or was translated."""
     async with fleet() as f:
-        before = f.services.board.requests
-        async with f.client().messages.stream(model=model, max_tokens=30, messages=ASK) as s:
-            final = await s.get_final_message()
-        for _ in range(100):
-            if f.services.board.requests > before:
+        client = f.client()
+        if stream:
+            async with client.messages.stream(model=model, max_tokens=30, messages=ASK) as s:
+                answer = await s.get_final_message()
+        else:
+            answer = await client.messages.create(model=model, max_tokens=30, messages=ASK)
+        name = ROUTES[model][0]
+        key = f.services.model_key(model)
+        for _ in range(200):
+            if (name, key) in f.services.stats.totals:
                 break
             await asyncio.sleep(0.01)
+        totals = f.services.stats.totals[(name, key)]
+        assert totals.requests == 1 and totals.errors == 0
+        assert totals.output_tokens == answer.usage.output_tokens > 0
+        assert totals.prompt_tokens == answer.usage.input_tokens > 0
         metrics = (await f.http.get("/metrics")).text
-        assert f'model="{model}' in metrics or model.split(":")[0] in metrics
-        assert final.usage.output_tokens > 0
+        line = f'ollamux_requests_total{{box="{name}",model="{key}",route="/v1/messages"'
+        assert line in metrics
