@@ -258,17 +258,20 @@ async def test_a_tool_result_continues_the_conversation(model: str) -> None:
 
 
 async def test_tool_choice_the_box_cannot_honour_is_a_400_naming_it() -> None:
+    """Ollama cannot be made to call a tool: translated, or on its own /v1/messages
+    (which would ignore the field), the client hears so."""
     async with fleet() as f:
-        with pytest.raises(anthropic.BadRequestError) as err:
-            await f.client().messages.create(
-                model=OLD,
-                max_tokens=10,
-                tools=[WEATHER],  # type: ignore[list-item]
-                tool_choice={"type": "any"},
-                messages=ASK,
-            )
-        assert "tool_choice" in str(err.value)
-        assert err.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+        for model in (OLD, NEW):
+            with pytest.raises(anthropic.BadRequestError) as err:
+                await f.client().messages.create(
+                    model=model,
+                    max_tokens=10,
+                    tools=[WEATHER],  # type: ignore[list-item]
+                    tool_choice={"type": "any"},
+                    messages=ASK,
+                )
+            assert "tool_choice" in str(err.value)
+            assert err.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
         # A llama-server can be made to call the tool, translated or not.
         for model in (GGUF, PLAIN):
             forced = await f.client().messages.create(

@@ -304,7 +304,7 @@ def test_count_tokens_is_a_one_token_generation() -> None:
             "tool_choice.name",
             False,
         ),
-        (ask(thinking={"type": "adaptive"}), "thinking.type", False),
+        (ask(thinking={"type": "sometimes"}), "thinking.type", False),
         (ask(metadata={"user_id": "u", "tags": []}), "metadata.tags", False),
         (ask(max_tokens=0), "max_tokens", False),
         (

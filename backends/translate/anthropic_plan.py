@@ -80,6 +80,8 @@ def for_anthropic_client(
     support: MessagesSupport,
 ) -> Routed:
     count = path == COUNT_TOKENS
+    choice = doc.get("tool_choice")
+    forced = isinstance(choice, dict) and choice.get("type") in ("any", "tool")
     stream = doc.get("stream") is True and not count
     # Translated once, up front; a request one kind of box cannot take is refused (400,
     # naming the field) only when such a box is the one chosen.
@@ -109,6 +111,8 @@ def for_anthropic_client(
         return Outbound("/v1/chat/completions", sent, translator)
 
     def plan(box: BoxState) -> Outbound:
+        if box.kind == "ollama" and forced and isinstance(ollama, BadRequest):
+            raise ollama  # Ollama's own /v1/messages would ignore tool_choice: refused either way
         if not support.speaks(box, count=count):
             return translated(box)
         own = own_id(box, key, model)

@@ -104,7 +104,7 @@ def ollama_chat_request(doc: Mapping[str, Any], *, count: bool = False) -> dict[
     body.pop("user", None)  # who asks is ollamux's business (fair share), not the model's
     native = to_ollama.chat_request(body)
     thinking = doc.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
         native["think"] = True  # Ollama's own switch; an effort level only suits gpt-oss
     if count:
         native["options"] = {**native.get("options", {}), "num_predict": COUNT_MAX_TOKENS}
@@ -328,10 +328,11 @@ def _effort(thinking: object, config: object) -> str | None:
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if kind == "disabled":
         return "none"
-    if kind == "enabled":
-        # budget_tokens has no equivalent: llama-server and Ollama think until done.
+    if kind in ("enabled", "adaptive"):
+        # budget_tokens has no equivalent: llama-server and Ollama think until done, which
+        # is what "adaptive" leaves to the model anyway.
         return effort or "medium"
-    raise BadRequest(f"thinking.type: must be enabled or disabled, not {kind!r}")
+    raise BadRequest(f"thinking.type: must be enabled, adaptive or disabled, not {kind!r}")
 
 
 def _user(metadata: object) -> str | None:
