@@ -322,10 +322,15 @@ class Exchange:
         translator: Translator | None,
     ) -> None:
         outcome = self.outcome
-        prev = last = b""
+        prev = last = first = b""
+        # Anthropic's stream says the prompt's size in its first event (message_start); a
+        # box may leave it out of the last (llama-server's message_delta): keep that too.
+        head = outcome.path.startswith("/v1/messages")
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
             async for chunk in resp.chunks():
+                if head and not first:
+                    first = chunk
                 prev, last = last, chunk
                 out = chunk if translator is None else translator.chunk(chunk)
                 if out:
@@ -348,6 +353,8 @@ class Exchange:
             return
         finally:
             outcome.tail = (prev + last)[-_TAIL:]
+            if first and first is not prev and first is not last:
+                outcome.tail = first[:_TAIL] + b"\n" + outcome.tail
             resp.close()
         await _send_quietly(send, b"" if translator is None else translator.end())
 

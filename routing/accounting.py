@@ -3,9 +3,10 @@
 The relay keeps the last bytes of every response (``Outcome.tail``); the figures a box
 reports sit in its final chunk: Ollama's ``prompt_eval_count``, ``eval_count``,
 ``eval_duration``, ``load_duration`` (nanoseconds), OpenAI's ``usage``, Anthropic's
-``usage`` (``input_tokens``, ``output_tokens``) and
-llama-server's ``timings`` (milliseconds). Nothing here touches the stream on its way
-to the client.
+``usage`` (``input_tokens``, ``output_tokens``; for Anthropic streams the relay also
+keeps the first event, whose ``message_start`` says the prompt's size where the last
+does not) and llama-server's ``timings`` (milliseconds). Nothing here touches the
+stream on its way to the client.
 
 The tail is searched for known keys rather than parsed as JSON: a long non-streamed
 answer is cut at the front, and a stream's tail holds one or two whole chunks. A key

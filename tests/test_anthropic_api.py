@@ -454,6 +454,8 @@ async def test_tokens_are_counted_like_every_route(model: str, stream: bool) -> 
     """The box's final counts reach the totals, the dashboard's feed and /metrics,
     whether the box spoke Messages itself or was translated."""
     async with fleet() as f:
+        for box in [*f.ollama.values(), *f.llama.values()]:
+            box.config.tokens_per_s = 200  # events arrive one by one, not in one read
         client = f.client()
         if stream:
             async with client.messages.stream(model=model, max_tokens=30, messages=ASK) as s:

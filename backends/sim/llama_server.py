@@ -434,6 +434,7 @@ class SimLlama:
             input_tokens=max(1, len(prompt)),
             output_tokens=answer.count,
             ident=f"msg_{zlib.crc32((name + seed).encode()):08x}",  # same ask, same bytes
+            final_input=False,
         )
         try:
             async with self._scheduler.lease(name, prompt, -1) as lease:

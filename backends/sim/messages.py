@@ -118,6 +118,9 @@ class Reply:
     input_tokens: int = 0
     output_tokens: int = 0
     ident: str = field(default_factory=lambda: f"msg_{secrets.token_hex(12)}")
+    # Ollama repeats input_tokens in the closing message_delta; llama-server gives only
+    # output_tokens there (the prompt's size is in message_start alone).
+    final_input: bool = True
 
     @property
     def stop_reason(self) -> str:
@@ -161,7 +164,9 @@ class Reply:
                 data = {"type": "content_block_delta", "index": index, "delta": delta}
                 out.append(event("content_block_delta", data))
             out.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
-        usage = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        usage = {"output_tokens": self.output_tokens}
+        if self.final_input:
+            usage = {"input_tokens": self.input_tokens, **usage}
         final: dict[str, Any] = {"type": "message_delta"}
         final["delta"] = {"stop_reason": self.stop_reason}
         out.append(event("message_delta", {**final, "usage": usage}))
