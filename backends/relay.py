@@ -68,9 +68,10 @@ class Outbound:
     path: str
     body: bytes
     translator: Translator | None = None
-    # A route the box may not serve (Anthropic's /v1/messages): if it answers 404, this
-    # is what to send the same box instead (a translation); it learns the box's answer.
-    instead: Callable[[], Outbound] | None = None
+    # A route the box may not serve (Anthropic's /v1/messages): given the body of the
+    # box's 404, what to send the same box instead (a translation), or None when the 404
+    # is the answer (the route exists; the model does not).
+    instead: Callable[[bytes], Outbound | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class Target:
     api_key: str | None
     body: bytes
     translator: Translator | None = None
-    instead: Callable[[], Target] | None = None  # see Outbound.instead
+    instead: Callable[[bytes], Target | None] | None = None  # see Outbound.instead
 
 
 @dataclass(slots=True)
@@ -239,11 +240,18 @@ class Exchange:
                         raise
                     continue
                 if resp.status == 404 and target.instead is not None:
-                    # The box does not serve the route: no failure, no failover; the same
-                    # box, holding the same slot, gets the translation instead.
-                    resp.close()
-                    self._target = target.instead()
-                    continue
+                    # Perhaps the box does not serve the route: no failure, no failover;
+                    # the same box, holding the same slot, gets the translation instead.
+                    # (The body is small and kept: it is relayed if the 404 stands.)
+                    try:
+                        answer = await resp.read()
+                    except UpstreamError:
+                        answer = b""
+                    instead = target.instead(answer)
+                    if instead is not None:
+                        resp.close()
+                        self._target = instead
+                        continue
                 if resp.status >= 500 or resp.status == 429:
                     if resp.status == 429:  # rate-limited: it rests, no mark against health
                         self._on_refused(target.box, resp.header("retry-after"))

@@ -422,6 +422,18 @@ async def test_a_404_on_the_route_is_learned_not_a_failure() -> None:
         assert plain["health"] == "healthy"
 
 
+async def test_a_404_about_the_model_from_a_messages_box_is_its_answer() -> None:
+    """Ollama 0.14 answers an unknown model on /v1/messages with a 404 in Anthropic's
+    shape: the route exists, so nothing is learned and the 404 reaches the client."""
+    async with fleet() as f:
+        del f.ollama["new"].store.models[NEW]  # removed since the last probe
+        with pytest.raises(anthropic.NotFoundError) as err:
+            await f.client().messages.create(model=NEW, max_tokens=10, messages=ASK)
+        assert f"model '{NEW}' not found" in err.value.message
+        assert "new" not in f.services.messages.known_refusals()
+        assert f.services.prober.fleet.by_name["new"].routable
+
+
 # -- a stream cut mid-way -------------------------------------------------------------
 
 

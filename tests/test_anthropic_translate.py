@@ -14,7 +14,11 @@ import orjson
 import pytest
 
 from ollamux.backends.relay import _error_tail
-from ollamux.backends.translate.anthropic_plan import MessagesSupport, version_tuple
+from ollamux.backends.translate.anthropic_plan import (
+    MessagesSupport,
+    for_anthropic_client,
+    version_tuple,
+)
 from ollamux.backends.translate.anthropic_request import chat_request, ollama_chat_request
 from ollamux.backends.translate.anthropic_response import (
     AnthropicErrors,
@@ -702,6 +706,31 @@ def test_a_box_that_said_404_is_translated_until_its_version_changes() -> None:
     assert not support.speaks(box("llama-server", "b6000"))
     assert support.speaks(box("llama-server", "b6000", name="other"))
     assert support.speaks(box("llama-server", "b7000"))  # upgraded: asked again
+
+
+@pytest.mark.parametrize(
+    ("answer", "learned"),
+    [
+        (b"404 page not found", True),  # Ollama before 0.14
+        (b'{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}', True),
+        (b"", True),
+        (b'{"type":"error","error":{"type":"not_found_error","message":"model gone"}}', False),
+    ],
+)
+def test_a_404_on_the_route_is_learned_unless_it_is_the_boxs_own_answer(
+    answer: bytes, learned: bool
+) -> None:
+    support = MessagesSupport()
+    llama = box("llama-server", "b1")
+    routed = for_anthropic_client("/v1/messages", b"{}", ask(), "m", "m:latest", support)
+    native = routed.plan(llama)
+    assert native.path == "/v1/messages" and native.instead is not None
+    instead = native.instead(answer)
+    assert (instead is not None) is learned
+    assert (llama.name in support.known_refusals()) is learned
+    if instead is not None:
+        assert instead.path == "/v1/chat/completions" and instead.instead is None
+        assert routed.plan(llama).path == "/v1/chat/completions"  # from now on
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ Which boxes serve it (``MessagesSupport``): an Ollama box from version 0.14.0 (i
 ``/v1/messages`` and ``/v1/messages/count_tokens``). A box that answers 404 all the same
 (an older llama-server) is remembered as not serving it, until its version changes, and
 gets the translation from then on, starting with the request that found out; the 404 is
-no failure. Generic OpenAI-compatible boxes always get the translation: chat
+no failure. A 404 in Anthropic's own shape is the box's answer (the model is gone), not
+a missing route. Generic OpenAI-compatible boxes always get the translation: chat
 completions is all they promise. ``count_tokens`` goes through only to llama-server
 (Ollama does not serve it); elsewhere it is a one-token generation whose usage counts the
 prompt with the box's own tokenizer and chat template.
@@ -58,6 +59,17 @@ class MessagesSupport:
 
     def known_refusals(self) -> Mapping[str, str | None]:
         return dict(self._refused)
+
+
+def _own_error(answer: bytes) -> bool:
+    """A 404 in Anthropic's shape comes from a box that serves the route (Ollama's
+    "model not found"); an unknown route is plain text (Ollama) or OpenAI's error shape
+    (llama-server's "File Not Found")."""
+    try:
+        doc = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and doc.get("type") == "error"
 
 
 def version_tuple(version: str | None) -> tuple[int, ...]:
@@ -118,7 +130,9 @@ def for_anthropic_client(
         own = own_id(box, key, model)
         sent = body if own == model else orjson.dumps({**doc, "model": own})
 
-        def instead() -> Outbound:
+        def instead(answer: bytes) -> Outbound | None:
+            if _own_error(answer):
+                return None  # the box serves the route; its 404 is about the model
             support.refused(box)
             return translated(box)
 

@@ -125,7 +125,13 @@ class Services:
     def _target(self, box: str, out: Outbound) -> Target:
         ep = self.endpoints[box]
         instead = out.instead
-        fallback = None if instead is None else lambda: self._target(box, instead())
+        fallback = None
+        if instead is not None:
+
+            def fallback(answer: bytes) -> Target | None:
+                other = instead(answer)
+                return None if other is None else self._target(box, other)
+
         return Target(box, ep.url + out.path, ep.api_key, out.body, out.translator, fallback)
 
     async def exchange(
