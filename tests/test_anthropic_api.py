@@ -191,6 +191,70 @@ async def test_translated_text_is_what_the_model_says_on_its_own_route() -> None
         assert message.usage.output_tokens == own["eval_count"]
 
 
+def claude_code_request(model: str) -> dict[str, Any]:
+    """A request shaped as Claude Code sends them: system blocks and tools marked for
+    prompt caching, a user id, context management, thinking, a stream."""
+    cache = {"type": "ephemeral"}
+    schema = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    return {
+        "model": model,
+        "max_tokens": 64,
+        "stream": True,
+        "temperature": 1,
+        "system": [
+            {"type": "text", "text": "You are Claude Code.", "cache_control": cache},
+            {"type": "text", "text": "Be concise.", "cache_control": cache},
+        ],
+        "tools": [{**WEATHER, "input_schema": schema, "cache_control": cache}],
+        "metadata": {"user_id": "user_abc_account__session_123"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "thinking": {"type": "enabled", "budget_tokens": 31999},
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is the weather in Paris", "cache_control": cache}
+                ],
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize("model", list(ROUTES))
+async def test_a_claude_code_request_on_every_kind_of_box(model: str) -> None:
+    headers = {
+        "x-api-key": "unused",
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+    }
+    async with fleet() as f:
+        resp = await f.http.post(
+            "/v1/messages?beta=true", json=claude_code_request(model), headers=headers
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        names = [line[7:] for line in resp.text.splitlines() if line.startswith("event: ")]
+        assert names[0] == "message_start" and names[-1] == "message_stop"
+        tool = next(
+            orjson.loads(line[6:])["content_block"]
+            for line in resp.text.splitlines()
+            if line.startswith("data: ") and '"content_block_start"' in line and "tool_use" in line
+        )
+        assert tool["name"] == "get_weather"
+        count = await f.http.post(
+            "/v1/messages/count_tokens?beta=true",
+            json={k: v for k, v in claude_code_request(model).items() if k != "max_tokens"},
+            headers=headers,
+        )
+        assert count.status_code == 200 and count.json()["input_tokens"] > 0
+
+
 # -- tools ----------------------------------------------------------------------------
 
 

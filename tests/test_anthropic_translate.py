@@ -216,6 +216,84 @@ TOOL_TURNS: list[dict[str, Any]] = [
             id="sampling-thinking-metadata",
         ),
         pytest.param(
+            ask(
+                messages=[
+                    *TOOL_TURNS[:2],
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": "toolu_1",
+                                "content": [
+                                    {"type": "text", "text": "a screenshot:"},
+                                    {
+                                        "type": "image",
+                                        "source": {
+                                            "type": "base64",
+                                            "media_type": "image/png",
+                                            "data": PNG,
+                                        },
+                                    },
+                                ],
+                            },
+                            {"type": "text", "text": "what do you see?"},
+                        ],
+                    },
+                ]
+            ),
+            {
+                "messages": [
+                    USER,
+                    chat_request(ask(messages=TOOL_TURNS))["messages"][1],
+                    {"role": "tool", "tool_call_id": "toolu_1", "content": "a screenshot:"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": f"data:image/png;base64,{PNG}"},
+                            },
+                            {"type": "text", "text": "what do you see?"},
+                        ],
+                    },
+                ],
+                "max_tokens": 64,
+                "stream": False,
+            },
+            id="tool-result-image",
+        ),
+        pytest.param(
+            ask(
+                context_management={"edits": [{"type": "clear_tool_uses_20250919"}]},
+                output_config={"effort": "xhigh", "format": {"type": "json_schema", "schema": {}}},
+            ),
+            {
+                "messages": [USER],
+                "max_tokens": 64,
+                "reasoning_effort": "high",
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "output", "schema": {}},
+                },
+                "stream": False,
+            },
+            id="claude-code-extras",
+        ),
+        pytest.param(
+            ask(output_format={"type": "json_schema", "schema": {"type": "object"}}),
+            {
+                "messages": [USER],
+                "max_tokens": 64,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "output", "schema": {"type": "object"}},
+                },
+                "stream": False,
+            },
+            id="output-format",
+        ),
+        pytest.param(
             ask(thinking={"type": "disabled"}),
             {"messages": [USER], "max_tokens": 64, "reasoning_effort": "none", "stream": False},
             id="thinking-off",
@@ -278,6 +356,37 @@ def test_messages_request_as_ollama_chat() -> None:
     assert user["images"] == [PNG]
 
 
+def test_a_tool_results_image_reaches_an_ollama_box() -> None:
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_1",
+        "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+        ],
+    }
+    body = ollama_chat_request(
+        ask(messages=[*TOOL_TURNS[:2], {"role": "user", "content": [result]}])
+    )
+    tool, user = body["messages"][-2:]
+    assert tool["role"] == "tool" and tool["tool_call_id"] == "toolu_1"
+    assert user == {"role": "user", "content": "", "images": [PNG]}
+
+
+def test_context_management_is_answered_with_no_edits_applied() -> None:
+    message, finish = ANSWERS[0][0], ANSWERS[0][1]
+    whole = OpenAIToAnthropic("m", stream=False, edits=True, ident=lambda: "msg_1")
+    out = orjson.loads(whole.whole(200, orjson.dumps(completion(message, finish))))
+    assert out["context_management"] == {"applied_edits": []}
+    stream = OpenAIToAnthropic("m", stream=True, edits=True, ident=lambda: "msg_1")
+    data = stream.chunk(openai_stream(message, finish)) + stream.end()
+    delta = next(doc for name, doc in events(data) if name == "message_delta")
+    assert delta["context_management"] == {"applied_edits": []}
+    plain = OpenAIToAnthropic("m", stream=False, ident=lambda: "msg_1")
+    assert "context_management" not in orjson.loads(
+        plain.whole(200, orjson.dumps(completion(message, finish)))
+    )
+
+
 def test_tool_choice_none_offers_an_ollama_box_no_tools() -> None:
     body = ollama_chat_request(ask(tools=[TOOL], tool_choice={"type": "none"}))
     assert "tools" not in body
@@ -309,6 +418,10 @@ def test_count_tokens_is_a_one_token_generation() -> None:
             False,
         ),
         (ask(thinking={"type": "sometimes"}), "thinking.type", False),
+        (ask(context_management="clear"), "context_management", False),
+        (ask(output_config={"format": {"type": "text"}}), "output_config.format.type", False),
+        (ask(output_config={"effort": "huge"}), "output_config.effort", False),
+        (ask(output_config={"task_budget": 5}), "output_config.task_budget", False),
         (ask(metadata={"user_id": "u", "tags": []}), "metadata.tags", False),
         (ask(max_tokens=0), "max_tokens", False),
         (
@@ -320,7 +433,7 @@ def test_count_tokens_is_a_one_token_generation() -> None:
                             {
                                 "type": "tool_result",
                                 "tool_use_id": "t",
-                                "content": [{"type": "image", "source": {}}],
+                                "content": [{"type": "document", "source": {}}],
                             }
                         ],
                     }

@@ -95,6 +95,7 @@ def for_anthropic_client(
     choice = doc.get("tool_choice")
     forced = isinstance(choice, dict) and choice.get("type") in ("any", "tool")
     stream = doc.get("stream") is True and not count
+    edits = doc.get("context_management") is not None
     # Translated once, up front; a request one kind of box cannot take is refused (400,
     # naming the field) only when such a box is the one chosen.
     openai: dict[str, Any] | BadRequest
@@ -114,11 +115,13 @@ def for_anthropic_client(
         if box.kind == "ollama":
             if isinstance(ollama, BadRequest):
                 raise ollama
-            translator = from_ollama(model, stream=stream, count=count)
+            translator = from_ollama(model, stream=stream, count=count, edits=edits)
             return Outbound("/api/chat", orjson.dumps({**ollama, "model": own}), translator)
         if isinstance(openai, BadRequest):
             raise openai
-        translator = CountFromOpenAI() if count else OpenAIToAnthropic(model, stream=stream)
+        translator = (
+            CountFromOpenAI() if count else OpenAIToAnthropic(model, stream=stream, edits=edits)
+        )
         sent = orjson.dumps({**openai, "model": own})
         return Outbound("/v1/chat/completions", sent, translator)
 

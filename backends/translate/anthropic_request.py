@@ -36,6 +36,8 @@ _FIELDS = frozenset(
         "metadata",
         "service_tier",
         "output_config",
+        "output_format",
+        "context_management",
     }
 )
 # Fields that only steer Anthropic's own service; a local box has nothing to honour:
@@ -44,7 +46,8 @@ _FIELDS = frozenset(
 # (they reuse any cached prefix by themselves).
 _MEANINGLESS = frozenset({"service_tier", "cache_control"})
 _TOOL_FIELDS = frozenset({"name", "description", "input_schema", "type", "cache_control"})
-_EFFORTS = ("low", "medium", "high")
+# Anthropic's effort levels as the boxes' (Ollama's own Messages does the same).
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 # Sent as max_tokens when counting: the box must evaluate the prompt, one token is enough.
 COUNT_MAX_TOKENS = 1
 
@@ -75,6 +78,10 @@ def chat_request(doc: Mapping[str, Any], *, count: bool = False) -> dict[str, An
     effort = _effort(doc.get("thinking"), doc.get("output_config"))
     if effort is not None:
         body["reasoning_effort"] = effort
+    fmt = _format(doc.get("output_config"), doc.get("output_format"))
+    if fmt is not None:
+        body["response_format"] = fmt
+    _context_management(doc.get("context_management"))
     user = _user(doc.get("metadata"))
     if user is not None:
         body["user"] = user
@@ -182,14 +189,17 @@ def _assistant(blocks: list[Any], where: str) -> dict[str, Any]:
 
 def _user_turn(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     """Tool results first (OpenAI wants them right after the assistant's calls), then
-    the user's own text and images as one message."""
+    the user's own text and images as one message. An image a tool returned (a
+    screenshot) cannot ride in OpenAI's tool message: it opens that user message."""
     results: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         at = f"{where}.content.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "tool_result":
-            results.append(_tool_result(block, at))
+            result, images = _tool_result(block, at)
+            results.append(result)
+            parts += images
         elif kind == "text":
             parts.append({"type": "text", "text": str(block.get("text", ""))})
         elif kind == "image":
@@ -205,30 +215,34 @@ def _user_turn(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     return out
 
 
-def _tool_result(block: Mapping[str, Any], at: str) -> dict[str, Any]:
+def _tool_result(block: Mapping[str, Any], at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
         raise BadRequest(f"{at}.tool_use_id: required")
     content = block.get("content")
+    images: list[dict[str, Any]] = []
     if content is None or isinstance(content, str):
         text = content or ""
     elif isinstance(content, list):
         pieces = []
         for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else None
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                pieces.append(str(part.get("text", "")))
+            elif kind == "image":
+                images.append(_image(part, f"{at}.content.{k}"))
+            else:
                 raise BadRequest(
                     f"{at}.content.{k}.type: a tool result for this model's box can hold "
-                    f"text only, not {kind!r}"
+                    f"text and images, not {kind!r}"
                 )
-            pieces.append(str(part.get("text", "")))
         text = "".join(pieces)
     else:
-        raise BadRequest(f"{at}.content: must be a string or an array of text blocks")
+        raise BadRequest(f"{at}.content: must be a string or an array of blocks")
     if block.get("is_error") is True:
         # OpenAI's tool message has no error flag: the model reads it in the text instead.
         text = f"Error: {text}"
-    return {"role": "tool", "tool_call_id": call_id, "content": text}
+    return {"role": "tool", "tool_call_id": call_id, "content": text}, images
 
 
 def _image(block: Mapping[str, Any], at: str) -> dict[str, Any]:
@@ -317,10 +331,13 @@ def _sampling(doc: Mapping[str, Any], *, count: bool) -> dict[str, Any]:
 
 def _effort(thinking: object, config: object) -> str | None:
     if isinstance(config, dict):
-        _only(config, {"effort"}, "output_config")
+        _only(config, {"effort", "format"}, "output_config")
         effort = config.get("effort")
         if effort is not None and effort not in _EFFORTS:
-            raise BadRequest(f"output_config.effort: must be low, medium or high, not {effort!r}")
+            raise BadRequest(
+                f"output_config.effort: must be low, medium, high, xhigh or max, not {effort!r}"
+            )
+        effort = _EFFORTS.get(effort) if effort is not None else None
     else:
         effort = None
     if thinking is None:
@@ -333,6 +350,32 @@ def _effort(thinking: object, config: object) -> str | None:
         # is what "adaptive" leaves to the model anyway.
         return effort or "medium"
     raise BadRequest(f"thinking.type: must be enabled, adaptive or disabled, not {kind!r}")
+
+
+def _format(config: object, legacy: object) -> dict[str, Any] | None:
+    """Structured output (``output_config.format``, or the older ``output_format``) as
+    OpenAI's ``response_format``: a JSON schema the answer must follow."""
+    fmt = config.get("format") if isinstance(config, dict) else None
+    where = "output_config.format"
+    if fmt is None and legacy is not None:
+        fmt, where = legacy, "output_format"
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise BadRequest(f"{where}.type: only json_schema can be asked of this model's box")
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise BadRequest(f"{where}.schema: must be a JSON schema object")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+
+
+def _context_management(value: object) -> None:
+    """Anthropic's server-side context editing (clearing old tool results or thinking
+    once a prompt grows). No box can do it: the box gets the whole conversation, and the
+    answer says that no edit was applied (``context_management.applied_edits: []``).
+    Claude Code sends it with every request and cannot be told not to."""
+    if value is not None and not isinstance(value, dict):
+        raise BadRequest("context_management: must be an object")
 
 
 def _user(metadata: object) -> str | None:

@@ -42,6 +42,9 @@ _ERROR_TYPES = {
 }
 
 
+NO_EDITS: dict[str, Any] = {"applied_edits": []}
+
+
 def new_message_id() -> str:
     return f"msg_{secrets.token_hex(12)}"
 
@@ -81,8 +84,11 @@ def event(name: str, data: Mapping[str, Any]) -> bytes:
 # -- whole answers --------------------------------------------------------------------
 
 
-def message_from_openai(doc: Mapping[str, Any], *, model: str, ident: str) -> dict[str, Any]:
-    """A whole OpenAI chat completion as an Anthropic message."""
+def message_from_openai(
+    doc: Mapping[str, Any], *, model: str, ident: str, edits: bool = False
+) -> dict[str, Any]:
+    """A whole OpenAI chat completion as an Anthropic message. ``edits``: the request
+    asked for context management, which no box applies; the message says none was."""
     choices = doc.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
@@ -103,7 +109,7 @@ def message_from_openai(doc: Mapping[str, Any], *, model: str, ident: str) -> di
                 "input": _input(function.get("arguments")),
             }
         )
-    return {
+    out = {
         "id": ident,
         "type": "message",
         "role": "assistant",
@@ -113,6 +119,9 @@ def message_from_openai(doc: Mapping[str, Any], *, model: str, ident: str) -> di
         "stop_sequence": None,
         "usage": usage(doc.get("usage")),
     }
+    if edits:
+        out["context_management"] = NO_EDITS
+    return out
 
 
 def usage(openai: object) -> dict[str, int]:
@@ -135,10 +144,16 @@ class OpenAIToAnthropic:
     """A box's chat completion, whole or streamed, as Anthropic's answer."""
 
     def __init__(
-        self, model: str, *, stream: bool, ident: Callable[[], str] = new_message_id
+        self,
+        model: str,
+        *,
+        stream: bool,
+        edits: bool = False,
+        ident: Callable[[], str] = new_message_id,
     ) -> None:
         self._model = model
         self._stream = stream
+        self._edits = edits
         self._id = ident()
         self._events = SSEReader()
         self._started = False
@@ -167,7 +182,8 @@ class OpenAIToAnthropic:
             return orjson.dumps(error_doc(502, error_message(body)))
         if self._stream:  # the box answered whole though asked to stream
             return self._replay(doc)
-        return orjson.dumps(message_from_openai(doc, model=self._model, ident=self._id))
+        message = message_from_openai(doc, model=self._model, ident=self._id, edits=self._edits)
+        return orjson.dumps(message)
 
     def _replay(self, doc: Mapping[str, Any]) -> bytes:
         message = message_from_openai(doc, model=self._model, ident=self._id)
@@ -177,7 +193,7 @@ class OpenAIToAnthropic:
             out += event("content_block_delta", _delta_doc(i, _whole_delta(block)))
             out += event("content_block_stop", {"type": "content_block_stop", "index": i})
         self._finished = True
-        return out + _finale(message["stop_reason"], message["usage"])
+        return out + _finale(message["stop_reason"], message["usage"], self._edits)
 
     def _payload(self, payload: str) -> bytes:
         if self._finished:
@@ -277,7 +293,8 @@ class OpenAIToAnthropic:
             return b""
         self._finished = True
         out = self._start() + self._shut()
-        return out + _finale(stop_reason(self._finish, bool(self._tools)), usage(self._usage))
+        reason = stop_reason(self._finish, bool(self._tools))
+        return out + _finale(reason, usage(self._usage), self._edits)
 
 
 def _start_doc(index: int, block: dict[str, Any]) -> dict[str, Any]:
@@ -305,9 +322,12 @@ def _whole_delta(block: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "input_json_delta", "partial_json": orjson.dumps(block["input"]).decode()}
 
 
-def _finale(reason: str, counts: Mapping[str, int]) -> bytes:
+def _finale(reason: str, counts: Mapping[str, int], edits: bool) -> bytes:
     delta = {"stop_reason": reason, "stop_sequence": None}
-    out = event("message_delta", {"type": "message_delta", "delta": delta, "usage": counts})
+    data: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": counts}
+    if edits:
+        data["context_management"] = NO_EDITS
+    out = event("message_delta", data)
     return out + event("message_stop", {"type": "message_stop"})
 
 
@@ -371,8 +391,10 @@ class Chain:
         return self._second.whole(status, self._first.whole(status, body))
 
 
-def from_ollama(model: str, *, stream: bool, count: bool = False) -> Chain:
+def from_ollama(model: str, *, stream: bool, count: bool = False, edits: bool = False) -> Chain:
     """An Ollama ``/api/chat`` answer as Anthropic's (or as a token count)."""
     first = OllamaToOpenAI(model, stream=stream, completion=False, include_usage=True)
-    second: Translator = CountFromOpenAI() if count else OpenAIToAnthropic(model, stream=stream)
+    second: Translator = (
+        CountFromOpenAI() if count else OpenAIToAnthropic(model, stream=stream, edits=edits)
+    )
     return Chain(first, second)
