@@ -253,6 +253,8 @@ async def test_a_claude_code_request_on_every_kind_of_box(model: str) -> None:
             headers=headers,
         )
         assert count.status_code == 200 and count.json()["input_tokens"] > 0
+        users = [u["user"] for u in f.services.dispatcher.users()]
+        assert users == ["user_abc_account__session_123"]  # fair share knows who asked
 
 
 # -- tools ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ollamux.backends.translate.anthropic_response import (
 from ollamux.backends.upstream import request_headers
 from ollamux.routing.accounting import read_counts
 from ollamux.routing.errors import BadRequest, NoCapacity, UpstreamError
+from ollamux.routing.fairness import user_of
 from ollamux.routing.settings import parse_settings
 from ollamux.routing.state import BoxState, pattern_alias, split_aliases
 
@@ -851,6 +852,14 @@ def test_a_404_on_the_route_is_learned_unless_it_is_the_boxs_own_answer(
 )
 def test_version_tuple(text: str, parts: tuple[int, ...]) -> None:
     assert version_tuple(text) == parts
+
+
+def test_anthropics_user_id_is_the_fair_share_user() -> None:
+    doc = {"metadata": {"user_id": "user_abc_session_1"}}
+    assert user_of(None, {}, doc) == "user_abc_session_1"
+    assert user_of("team-a", {}, doc) == "team-a"  # a key's name still comes first
+    assert user_of(None, {"x-user-id": "bob"}, doc) == "bob"
+    assert user_of(None, {}, {"metadata": {"user_id": 7}}) == "anonymous"
 
 
 # -- aliases and accounting -----------------------------------------------------------
