@@ -1,15 +1,22 @@
 """The official ``anthropic`` SDK through ollamux to a real llama-server, which serves
-``/v1/messages`` and ``/v1/messages/count_tokens`` itself (bytes through), and to a
-simulated Ollama box of an older version, which does not (translated)."""
+``/v1/messages`` and ``/v1/messages/count_tokens`` itself (bytes through), to the same
+server configured as a generic ``openai`` box (translated to chat completions: the real
+tokenizer and chat template count the prompt alike both ways), and to a simulated Ollama
+box of an older version (translated to /api/chat)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anthropic
 import httpx
 
-from tests.realbox.conftest import ONE, SIM_MODEL, Fleet
+from ollamux.app import create_app
+from ollamux.routing.settings import parse_settings
+from tests.conftest import serve_app
+from tests.realbox.conftest import ONE, SIM_MODEL, Fleet, LlamaServer
 
 ASK = [{"role": "user", "content": "tell me a story"}]
 
@@ -90,3 +97,57 @@ async def test_a_box_without_messages_is_translated(fleet: Fleet) -> None:
         assert final.content[0].text == message.content[0].text  # type: ignore[union-attr]
     await asyncio.sleep(0)
     await _idle(fleet)
+
+
+@asynccontextmanager
+async def one_box(server: LlamaServer, kind: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """ollamux in front of ``server`` alone, configured as a box of ``kind``."""
+    endpoints = [{"url": server.url, "name": kind, "kind": kind}]
+    probe = {"ps": 0.1, "tags": 0.5, "timeout": 2.0, "max_backoff": 0.3}
+    app = create_app(parse_settings({"endpoints": endpoints, "probe": probe}))
+    async with serve_app(app) as url:
+        svc = app.state.services
+        for _ in range(200):
+            if all(b.routable and b.models for b in svc.prober.fleet.boxes):
+                break
+            await asyncio.sleep(0.05)
+        async with anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as claude:
+            yield claude
+        for _ in range(100):
+            if not svc.ledger.usage:
+                break
+            await asyncio.sleep(0.02)
+        assert not svc.ledger.usage
+
+
+async def test_translated_to_a_real_llama_servers_chat_completions(llama_one: LlamaServer) -> None:
+    """The same server as an ``openai`` box: ollamux translates to chat completions. Its
+    own count of the prompt (bytes through to /v1/messages/count_tokens) and the
+    translated count (the usage of a one-token chat completion) agree: the same
+    tokenizer and chat template saw the same conversation."""
+    system = "you are a storyteller"
+    counts = []
+    for kind in ("llama-server", "openai"):
+        async with one_box(llama_one, kind) as claude:
+            counted = await claude.messages.count_tokens(
+                model=ONE,
+                system=system,
+                messages=ASK,  # type: ignore[arg-type]
+            )
+            counts.append(counted.input_tokens)
+            message = await claude.messages.create(
+                model=ONE,
+                system=system,
+                max_tokens=4,
+                messages=ASK,  # type: ignore[list-item]
+            )
+            assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 4
+            assert message.content[0].text  # type: ignore[union-attr]
+            async with claude.messages.stream(
+                model=ONE,
+                max_tokens=4,
+                messages=ASK,  # type: ignore[list-item]
+            ) as stream:
+                final = await stream.get_final_message()
+            assert final.content[0].text and final.usage.output_tokens == 4  # type: ignore[union-attr]
+    assert counts[0] == counts[1] > 0, counts
