@@ -84,7 +84,7 @@ def for_responses_client(
         if serves is False:
             return other
         out = same(box)
-        return Outbound(out.path, out.body, fallback=other)
+        return Outbound(out.path, out.body, instead=lambda _answer: other)
 
     def unable(box: BoxState) -> bool:
         return serves_responses(box) is False and isinstance(
