@@ -29,6 +29,15 @@ def canonical_model(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+def version_key(version: str | None) -> tuple[int, ...]:
+    """A box's version, comparable: ``0.13.3``, ``v0.13.3-rc1`` -> (0, 13, 3); parts that
+    are not numbers count 0; no version is ()."""
+    if not version:
+        return ()
+    parts = version.removeprefix("v").split("-")[0].split(".")
+    return tuple(int(p) if p.isdigit() else 0 for p in parts)
+
+
 def model_key(name: str, aliases: Mapping[str, str]) -> str:
     """The one routing key of a model: the config's alias for it (``aliases`` is keyed by
     canonical names), else its canonical name."""

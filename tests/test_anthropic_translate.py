@@ -19,7 +19,6 @@ from ollamux.backends.translate.anthropic_plan import (
     MESSAGES,
     for_anthropic_client,
     speaks,
-    version_tuple,
 )
 from ollamux.backends.translate.anthropic_request import chat_request, ollama_chat_request
 from ollamux.backends.translate.anthropic_response import (
@@ -36,7 +35,7 @@ from ollamux.routing.accounting import read_counts
 from ollamux.routing.errors import BadRequest, NoCapacity, UpstreamError
 from ollamux.routing.fairness import user_of
 from ollamux.routing.settings import parse_settings
-from ollamux.routing.state import BoxState, pattern_alias, split_aliases
+from ollamux.routing.state import BoxState, pattern_alias, split_aliases, version_key
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 8).decode()
 TOOL = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"c": {}}}}
@@ -851,10 +850,11 @@ def test_a_404_on_the_route_is_learned_unless_it_is_the_boxs_own_answer(
 
 
 @pytest.mark.parametrize(
-    ("text", "parts"), [("0.14.0", (0, 14, 0)), ("v0.9.10-rc2", (0, 9, 10)), ("b6500", ())]
+    ("text", "parts"),
+    [("0.14.0", (0, 14, 0)), ("v0.9.10-rc2", (0, 9, 10)), ("b6500", (0,)), (None, ())],
 )
-def test_version_tuple(text: str, parts: tuple[int, ...]) -> None:
-    assert version_tuple(text) == parts
+def test_version_key(text: str | None, parts: tuple[int, ...]) -> None:
+    assert version_key(text) == parts
 
 
 def test_anthropics_user_id_is_the_fair_share_user() -> None:

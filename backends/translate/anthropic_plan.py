@@ -30,7 +30,7 @@ from ollamux.backends.translate.anthropic_response import (
 from ollamux.backends.translate.models import own_id
 from ollamux.backends.translate.plans import Routed
 from ollamux.routing.errors import BadRequest
-from ollamux.routing.state import BoxState
+from ollamux.routing.state import BoxState, version_key
 
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
@@ -45,7 +45,7 @@ def speaks(box: BoxState, *, count: bool = False) -> bool:
     if box.kind == "llama-server":
         return True
     if box.kind == "ollama" and not count:
-        return version_tuple(box.version) >= OLLAMA_MESSAGES
+        return version_key(box.version) >= OLLAMA_MESSAGES
     return False
 
 
@@ -58,17 +58,6 @@ def _own_error(answer: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(doc, dict) and doc.get("type") == "error"
-
-
-def version_tuple(version: str | None) -> tuple[int, ...]:
-    if not version:
-        return ()
-    parts = []
-    for part in version.lstrip("v").split("-")[0].split("."):
-        if not part.isdigit():
-            break
-        parts.append(int(part))
-    return tuple(parts)
 
 
 def for_anthropic_client(
