@@ -22,7 +22,8 @@ from typing import Any
 
 from ollamux.backends.kinds import Adapter
 from ollamux.backends.upstream import Upstream
-from ollamux.routing.breaker import Breaker
+from ollamux.routing.breaker import Breaker, BreakerState
+from ollamux.routing.clock import Clock, LoopClock, Timer
 from ollamux.routing.errors import UpstreamBadAnswer, UpstreamError
 from ollamux.routing.settings import Endpoint, Kind, Settings
 from ollamux.routing.state import BoxState, Fleet, Health
@@ -31,6 +32,8 @@ log = logging.getLogger("ollamux.prober")
 
 DOWN_AFTER = 3
 MODELS_REFRESH_MIN_GAP = 1.0  # seconds between two unknown-model refreshes
+_NEVER = float("inf")
+_REARM_GAP = 0.01  # s: a breaker timer that fired early tries again this much later
 
 
 class _Box:
@@ -57,15 +60,20 @@ class Prober:
         upstream: Upstream,
         adapters: Mapping[Kind, Adapter],
         on_change: Callable[[], None] = lambda: None,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or LoopClock()
         self._settings = settings
         self._up = upstream
         self._adapters = adapters
         self._on_change = on_change
         self._boxes = {ep.name: self._new_box(ep) for ep in settings.endpoints}
-        self.fleet = Fleet.of(
+        self._fleet = Fleet.of(
             tuple(_fresh_state(settings, ep, i) for i, ep in enumerate(settings.endpoints))
         )
+        self._breakers_due = _NEVER  # the earliest time an open breaker may half-open
+        self._timer: Timer | None = None
+        self._timer_at = _NEVER
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._refresh: asyncio.Task[None] | None = None
         self._refreshed_at = -float("inf")
@@ -76,6 +84,9 @@ class Prober:
         self._loops = {name: asyncio.create_task(self._loop(name)) for name in self._boxes}
 
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, _NEVER
         for task in self._loops.values():
             task.cancel()
         await asyncio.gather(*self._loops.values(), return_exceptions=True)
@@ -144,21 +155,64 @@ class Prober:
         box = self._boxes.get(name)
         if box is None:
             return
-        now = time.monotonic()
+        now = self._clock.now()
         changed = box.breaker.success() if ok else box.breaker.failure(now)
         if not changed:
             return
         state = box.breaker.state
         log.log(logging.INFO if ok else logging.WARNING, "box %s: breaker %s", name, state)
-        self._publish(replace(self.fleet.by_name[name], breaker=state))
+        self._publish(replace(self._fleet.by_name[name], breaker=state))
         wait = box.breaker.reopens_in(now)
         if wait is not None:
-            asyncio.get_running_loop().call_later(wait, self._half_open, name)
+            self._breakers_due = min(self._breakers_due, now + wait)
+            self._arm(now + wait)
 
-    def _half_open(self, name: str) -> None:
-        box = self._boxes.get(name)
-        if box is not None and box.breaker.tick(time.monotonic()):
-            self._publish(replace(self.fleet.by_name[name], breaker=box.breaker.state))
+    @property
+    def fleet(self) -> Fleet:
+        """The boxes' current state. An open breaker whose backoff has passed turns
+        half-open here, on whichever read comes first (a routing decision, a probe, the
+        status board) — its timer only makes that prompt: a timer that fires early or
+        not at all cannot leave it open."""
+        if self._breakers_due != _NEVER and self._clock.now() >= self._breakers_due:
+            self._recheck_breakers()
+        return self._fleet
+
+    @fleet.setter
+    def fleet(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def _recheck_breakers(self) -> None:
+        now = self._clock.now()
+        due, opened = _NEVER, []
+        for name, box in self._boxes.items():
+            if box.breaker.tick(now):
+                opened.append(name)
+            wait = box.breaker.reopens_in(now)
+            if wait is not None:
+                due = min(due, now + wait)
+        self._breakers_due = due  # before publishing: its listeners read ``fleet``
+        for name in opened:
+            if name in self._fleet.by_name:
+                log.info("box %s: breaker %s", name, BreakerState.HALF_OPEN)
+                self._publish(
+                    replace(self._fleet.by_name[name], breaker=self._boxes[name].breaker.state)
+                )
+        if due != _NEVER:
+            # Never at once: a timer that fired early must not spin until the deadline.
+            self._arm(max(due, now + _REARM_GAP))
+
+    def _arm(self, when: float) -> None:
+        """A timer for the earliest breaker deadline (one at a time)."""
+        if self._timer_at <= when:
+            return  # an earlier timer will re-check, and re-arm for this one
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._clock.call_at(when, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer, self._timer_at = None, _NEVER
+        self._recheck_breakers()  # re-arms if it fired before the deadline
 
     def _publish(self, state: BoxState) -> None:
         self.fleet = self.fleet.replace(state)
