@@ -7,10 +7,11 @@ and nomyo-router's ``config.yaml``, unchanged, so its users can switch.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
@@ -117,6 +118,12 @@ class Limits:
     max_body_bytes: int = 64 * 1024 * 1024  # a request body (images are big)
     max_header_bytes: int = 64 * 1024  # a request's headers, names and values together
     max_connections: int = 1024  # client requests served at once, streams included
+    head_timeout: float = 10.0  # seconds for a request head to arrive, from its first byte
+    body_timeout: float = 60.0  # seconds for a request body to arrive, from its head
+    max_connections_per_client: int = 64  # open connections from one client address
+    max_requests_per_client: int = 256  # requests in flight from one client address
+    # Proxies whose X-Forwarded-For names the client (their own connections are not capped).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -239,7 +246,7 @@ def parse_settings(raw: object) -> Settings:
         routing=_parse_routing(raw.get("routing", {})),
         fairness=_parse_section(raw, "fairness", Fairness),
         cors_origins=_parse_cors(raw.get("cors", {})),
-        limits=_parse_section(raw, "limits", Limits),
+        limits=_parse_limits(raw.get("limits", {})),
         shutdown=_parse_section(raw, "shutdown", Shutdown),
     )
 
@@ -271,6 +278,23 @@ def _parse_client_keys(raw: object) -> tuple[ClientKey, ...]:
     if len({k.key for k in keys}) < len(keys):
         raise ConfigError("auth.api_keys: one key is listed twice")
     return tuple(keys)
+
+
+def _parse_limits(raw: object) -> Limits:
+    section = dict(_mapping(raw, "limits"))
+    proxies = section.pop("trusted_proxies", None)
+    limits = _parse_section({"limits": section}, "limits", Limits)
+    if proxies is None:
+        return limits
+    for i, proxy in enumerate(_list(proxies, "limits.trusted_proxies")):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"limits.trusted_proxies[{i}] has value {_show(proxy)}; expected an IP "
+                "address or network like 10.0.0.0/8"
+            ) from None
+    return replace(limits, trusted_proxies=tuple(proxies))
 
 
 def _parse_cors(raw: object) -> tuple[str, ...]:

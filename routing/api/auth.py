@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ollamux.routing.api import STATIC
-from ollamux.routing.errors import BadRequest, ProxyError, Unauthorized
+from ollamux.routing.errors import BadRequest, PayloadTooLarge, ProxyError, Unauthorized
 from ollamux.routing.settings import ClientKey
 
 log = logging.getLogger("ollamux.auth")
@@ -40,6 +40,7 @@ log = logging.getLogger("ollamux.auth")
 COOKIE = "ollamux_session"
 SESSION_TTL = 12 * 3600.0  # seconds a dashboard login lasts
 MAX_SESSIONS = 10_000  # the oldest go first beyond this
+_LOGIN_MAX = 4096  # bytes of a login body
 _LOGIN_PAGE = STATIC / "login.html"
 _LOGIN_CSP = (
     "default-src 'none'; style-src 'self'; form-action 'self'; base-uri 'none'; "
@@ -269,7 +270,7 @@ async def login(request: Request) -> Response:
     answered with JSON): a right key opens a session and sets its cookie."""
     auth: Auth = request.app.state.auth
     form = not request.headers.get("content-type", "").startswith("application/json")
-    key = _presented_key(await request.body(), form)
+    key = _presented_key(await _small_body(request), form)
     name = auth.keys.name_of(key.encode()) if key else None
     if name is None:
         if form:
@@ -308,9 +309,28 @@ async def logout(request: Request) -> Response:
     return response
 
 
+async def _small_body(request: Request) -> bytes:
+    """The login's body, refused (413) the moment it passes ``_LOGIN_MAX`` bytes: never
+    read whole first, whatever its ``Content-Length`` says (or does not)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > _LOGIN_MAX:
+        raise _login_too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _LOGIN_MAX:
+            raise _login_too_large()
+    return bytes(body)
+
+
+def _login_too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"a login is a key, not a document (over {_LOGIN_MAX} bytes)",
+        headers={"Connection": "close"},
+    )
+
+
 def _presented_key(body: bytes, form: bool) -> str | None:
-    if len(body) > 4096:
-        raise BadRequest("a login is a key, not a document")
     if form:
         values = parse_qs(body.decode("utf-8", "replace")).get("key", [])
         return values[0] if values else None
