@@ -215,6 +215,31 @@ class Exchange:
         """Place the request and send it; before the first byte reaches the client, a box
         that fails (unreachable, reset, timeout, 5xx) is replaced by the next best."""
         failed: set[str] = set()
+        answers: dict[str, tuple[int, bytes]] = {}  # 5xx answers before the first byte
+        try:
+            return await self._try_boxes(failed, answers)
+        finally:
+            self._blame(answers)
+
+    def _blame(self, answers: dict[str, tuple[int, bytes]]) -> None:
+        """Count the 5xx answers this request got against the boxes that gave them —
+        unless two boxes gave the same one (the request's fault), or the box named the
+        model in it (the (box, model)'s: a model that fails to load there)."""
+        seen = list(answers.values())
+        model = self.outcome.model
+        for box, (status, body) in answers.items():
+            if body and seen.count((status, body)) > 1:
+                log.info("box %s answered %d as another box did: the request's error", box, status)
+            elif _names_model(body, model):
+                log.warning(
+                    "box %s failed model %s (%d): not counted against the box", box, model, status
+                )
+            else:
+                self._on_failure(box)
+
+    async def _try_boxes(
+        self, failed: set[str], answers: dict[str, tuple[int, bytes]]
+    ) -> Response | None:
         try:
             self._lease, self._target = await self._place(frozenset())
             while True:
@@ -234,13 +259,23 @@ class Exchange:
                         self.outcome.status = exc.status
                         raise
                     continue
-                if resp.status >= 500 or resp.status == 429:
-                    if resp.status == 429:  # rate-limited: it rests, no mark against health
-                        self._on_refused(target.box, resp.header("retry-after"))
-                    else:
-                        self._on_failure(target.box)
+                if resp.status == 429:  # rate-limited: it rests, no mark against health
+                    self._on_refused(target.box, resp.header("retry-after"))
                     failed.add(target.box)
                     if await self._next_box(failed):
+                        resp.close()
+                        continue
+                elif resp.status >= 500:
+                    # A 500 may be the request's (Ollama: a model that fails to load, an
+                    # input it chokes on); 502/503/504 speak of the box (busy, gateway).
+                    body = await _error_body(resp) if resp.status == 500 else b""
+                    answer = (resp.status, body)
+                    alike = bool(body) and answer in answers.values()
+                    answers[target.box] = answer
+                    failed.add(target.box)
+                    # The same error from two boxes is the request's, not theirs: it is
+                    # relayed, and no third box is tried.
+                    if not alike and await self._next_box(failed):
                         resp.close()
                         continue
                 if self._phase == "cancelled":  # cancelled as the answer arrived
@@ -345,6 +380,29 @@ class Exchange:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+
+
+_ERROR_PEEK = 64 * 1024  # bytes of a box's error answer read to compare and attribute it
+
+
+async def _error_body(resp: Response) -> bytes:
+    """A box's error answer, read (and kept for relaying) if it is small; else b""."""
+    if resp.streaming:
+        return b""
+    try:
+        return await resp.peek(_ERROR_PEEK)
+    except UpstreamError:
+        return b""
+
+
+def _names_model(body: bytes, model: str) -> bool:
+    """Whether a box's error message names the model (with or without its tag)."""
+    if not body or not model:
+        return False
+    text = body.decode("utf-8", "replace").lower()
+    name = model.lower()
+    base = name.removesuffix(":latest")
+    return name in text or (base != name and f'"{base}"' in text) or f"'{base}'" in text
 
 
 def _error_tail(content_type: str, exc: ProxyError) -> bytes:

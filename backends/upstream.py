@@ -53,10 +53,11 @@ def request_headers(client: Mapping[str, str], api_key: str | None) -> dict[str,
 class Response:
     """An upstream response whose body has not been read yet."""
 
-    __slots__ = ("_resp", "box", "content_type", "headers", "status", "streaming")
+    __slots__ = ("_body", "_resp", "box", "content_type", "headers", "status", "streaming")
 
     def __init__(self, resp: aiohttp.ClientResponse, box: str, idle: float) -> None:
         self._resp = resp
+        self._body: bytes | None = None  # read ahead by ``peek``
         self.box = box
         self.status = resp.status
         self.content_type = resp.headers.get("content-type", "")
@@ -86,7 +87,17 @@ class Response:
                 f"box {self.box} broke off the response: {exc}", box=self.box
             ) from exc
 
+    async def peek(self, limit: int) -> bytes:
+        """The whole body if it is at most ``limit`` bytes (kept for ``read``), else b""."""
+        length = self._resp.content_length
+        if length is not None and length > limit:
+            return b""
+        self._body = await self.read()
+        return self._body if len(self._body) <= limit else b""
+
     async def read(self) -> bytes:
+        if self._body is not None:
+            return self._body
         try:
             return await self._resp.read()
         except TimeoutError as exc:
