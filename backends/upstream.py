@@ -170,12 +170,27 @@ class Upstream:
         assert self._session is not None, "Upstream.open() was not awaited"
         try:
             resp = await self._session.request(
-                method, url, data=_payload(body), headers=headers, timeout=self._timeout(first_byte)
+                method,
+                url,
+                data=_payload(body),
+                headers=headers,
+                timeout=self._timeout(first_byte),
+                # A box's redirect is its error: following it would send the client's
+                # request (prompt, key) wherever the box points.
+                allow_redirects=False,
             )
         except TimeoutError as exc:
             raise UpstreamTimeout(f"box {box} did not answer in time", box=box) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"box {box} is unreachable: {_reason(exc)}", box=box) from exc
+        if 300 <= resp.status < 400:
+            where = resp.headers.get("location", "")
+            resp.close()
+            raise UpstreamBadAnswer(
+                f"box {box} answered a redirect ({resp.status}"
+                f"{' to ' + where[:200] if where else ''}); ollamux does not follow redirects",
+                box=box,
+            )
         return Response(resp, box, self._timeouts.idle)
 
     async def get_json(self, box: str, url: str, headers: Mapping[str, str], timeout: float) -> Any:
