@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 from ollamux.backends.upstream import Response, Upstream, request_headers
-from ollamux.routing.errors import NoCapacity, ProxyError, UpstreamError
+from ollamux.routing.errors import NoCapacity, ProxyError, UpstreamBadAnswer, UpstreamError
 
 log = logging.getLogger("ollamux.relay")
 _TAIL = 8192  # enough for any final chunk's counts and timings
@@ -59,6 +59,8 @@ class Translator(Protocol):
     def end(self) -> bytes: ...  # whatever is left when the box's stream ends
 
     def whole(self, status: int, body: bytes) -> bytes: ...  # a body read whole
+
+    def limit_events(self, limit: int) -> None: ...  # the largest line or event buffered
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +333,10 @@ class Exchange:
             resp.close()
         self.outcome.tail = body[-_TAIL:]
         if translator is not None:
-            body = translator.whole(resp.status, body)
+            try:
+                body = translator.whole(resp.status, body)
+            except UpstreamBadAnswer as exc:  # the client gets why, in its API's shape
+                raise UpstreamBadAnswer(f"box {resp.box}: {exc.message}", box=resp.box) from exc
         headers.append((b"content-length", str(len(body)).encode()))
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from ollamux.routing.errors import UpstreamBadAnswer, UpstreamError, UpstreamTimeout
-from ollamux.routing.settings import Timeouts
+from ollamux.routing.settings import Limits, Timeouts
 
 # Headers that describe one hop, not the message: never forwarded either way.
 _HOP = frozenset(
@@ -53,10 +53,22 @@ def request_headers(client: Mapping[str, str], api_key: str | None) -> dict[str,
 class Response:
     """An upstream response whose body has not been read yet."""
 
-    __slots__ = ("_body", "_resp", "box", "content_type", "headers", "status", "streaming")
+    __slots__ = (
+        "_body",
+        "_limit",
+        "_resp",
+        "box",
+        "content_type",
+        "headers",
+        "status",
+        "streaming",
+    )
 
-    def __init__(self, resp: aiohttp.ClientResponse, box: str, idle: float) -> None:
+    def __init__(
+        self, resp: aiohttp.ClientResponse, box: str, idle: float, limit: int = 2**62
+    ) -> None:
         self._resp = resp
+        self._limit = limit  # bytes of a body read whole
         self._body: bytes | None = None  # read ahead by ``peek``
         self.box = box
         self.status = resp.status
@@ -96,10 +108,21 @@ class Response:
         return self._body if len(self._body) <= limit else b""
 
     async def read(self) -> bytes:
+        """The whole body, refused (UpstreamBadAnswer) once it passes the box body limit:
+        counted as it arrives, never read whole first."""
         if self._body is not None:
             return self._body
+        limit = self._limit
+        length = self._resp.content_length
         try:
-            return await self._resp.read()
+            if length is not None and length > limit:
+                raise _too_large(self.box, limit)
+            body = bytearray()
+            while chunk := await self._resp.content.readany():
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large(self.box, limit)
+            return bytes(body)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"box {self.box} went quiet mid-response", box=self.box) from exc
         except aiohttp.ClientError as exc:
@@ -117,8 +140,15 @@ class Response:
         self._resp.release()
 
 
+def _too_large(box: str, limit: int) -> UpstreamBadAnswer:
+    return UpstreamBadAnswer(
+        f"box {box} answered with a body over {limit} bytes (limits.max_box_body_bytes)", box=box
+    )
+
+
 class Upstream:
-    def __init__(self, timeouts: Timeouts) -> None:
+    def __init__(self, timeouts: Timeouts, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
         self._timeouts = timeouts
         self._session: aiohttp.ClientSession | None = None
         self._timeout_cache: dict[float, aiohttp.ClientTimeout] = {}
@@ -191,17 +221,22 @@ class Upstream:
                 f"{' to ' + where[:200] if where else ''}); ollamux does not follow redirects",
                 box=box,
             )
-        return Response(resp, box, self._timeouts.idle)
+        return Response(resp, box, self._timeouts.idle, self.limits.max_box_body_bytes)
 
     async def get_json(self, box: str, url: str, headers: Mapping[str, str], timeout: float) -> Any:
         """A small GET whose JSON body is wanted (probes); raises UpstreamError on non-2xx."""
         resp = await self.send(box, "GET", url, headers=headers, first_byte=timeout)
         try:
             async with asyncio.timeout(timeout):
-                body = await resp._resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+                body = await resp.read()
+        except TimeoutError as exc:
             resp.close()
-            raise UpstreamError(f"box {box}: {url} broke off: {_reason(exc)}", box=box) from exc
+            raise UpstreamBadAnswer(
+                f"box {box}: {url} did not answer whole within {timeout:g} s", box=box
+            ) from exc
+        except UpstreamError:
+            resp.close()
+            raise
         if resp.status >= 300:
             raise UpstreamBadAnswer(f"box {box}: {url} answered {resp.status}", box=box)
         try:

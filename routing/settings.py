@@ -122,6 +122,8 @@ class Limits:
     body_timeout: float = 60.0  # seconds for a request body to arrive, from its head
     max_connections_per_client: int = 64  # open connections from one client address
     max_requests_per_client: int = 256  # requests in flight from one client address
+    max_box_body_bytes: int = 128 * 1024 * 1024  # a box's answer read whole (not streamed)
+    max_box_event_bytes: int = 16 * 1024 * 1024  # one line or event of a translated stream
     # Proxies whose X-Forwarded-For names the client (their own connections are not capped).
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 

@@ -8,12 +8,14 @@ under test.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from aiohttp import web
 
 from ollamux.app import create_app
@@ -108,3 +110,66 @@ async def test_a_box_redirect_is_its_error_never_followed() -> None:
     assert "redirect" in resp.json()["error"] and "307" in resp.json()["error"]
     p = next(ep for ep in status["endpoints"] if ep["name"] == "p")
     assert p["health"] != "healthy" and "redirect" in (p["error"] or "")
+
+
+async def test_a_box_answer_over_the_body_limit_is_refused_not_read_whole() -> None:
+    big = b'{"model": "' + M.encode() + b'", "response": "' + b"x" * (4 * 2**20) + b'"}'
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "application/json"})
+        await resp.prepare(request)  # chunked: no length to refuse up front
+        for i in range(0, len(big), 65536):
+            await resp.write(big[i : i + 65536])
+        await resp.write_eof()
+        return resp
+
+    async with (
+        aiohttp_box({("POST", "/api/generate"): huge, ("POST", "/api/chat"): huge}) as box,
+        proxy(("a", box), limits={"max_box_body_bytes": 2**20}) as (http, _app),
+    ):
+        ollama = await http.post("/api/generate", json={"model": M, "prompt": "x", "stream": False})
+        openai = await http.post(
+            "/v1/chat/completions",
+            json={"model": M, "messages": [{"role": "user", "content": "x"}]},
+        )
+    print(f"\nbox answer over 1 MiB: {ollama.status_code} {ollama.text}; {openai.text}")
+    assert ollama.status_code == 502 and "limits.max_box_body_bytes" in ollama.json()["error"]
+    assert openai.status_code == 502
+    assert "limits.max_box_body_bytes" in openai.json()["error"]["message"]
+
+
+async def test_an_event_stream_without_blank_lines_ends_with_an_error_line() -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        piece = b'data: {"choices":[{"delta":{"content":"' + b"z" * 1000 + b'"}}]}\n'
+        with contextlib.suppress(ConnectionError):
+            for _ in range(4000):  # 4 MB of one event that never ends
+                await resp.write(piece)
+        return resp
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": M, "object": "model"}]})
+
+    async with (
+        aiohttp_box(
+            {("POST", "/v1/chat/completions"): endless, ("GET", "/v1/models"): models}
+        ) as box,
+        proxy(("a", box), box_a={"kind": "openai"}, limits={"max_box_event_bytes": 2**20}) as (
+            http,
+            _app,
+        ),
+    ):
+        rss0 = rss_mb()
+        resp = await http.post(
+            "/api/chat", json={"model": M, "messages": [{"role": "user", "content": "x"}]}
+        )
+        version = await http.get("/api/version")
+        rss1 = rss_mb()
+    lines = [orjson.loads(x) for x in resp.content.splitlines() if x.strip()]
+    print(
+        f"\nendless event: {resp.status_code}, last line {lines[-1]}; "
+        f"RSS {rss0:.0f} -> {rss1:.0f} MB"
+    )
+    assert resp.status_code == 200 and version.status_code == 200
+    assert "limits.max_box_event_bytes" in lines[-1]["error"]

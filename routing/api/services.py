@@ -40,7 +40,7 @@ class Services:
         self.endpoints = {ep.name: ep for ep in settings.endpoints}
         self._retiring: set[str] = set()  # removed from the config, draining
         self.aliases = {canonical_model(own): name for own, name in settings.aliases}
-        self.upstream = Upstream(settings.timeouts)
+        self.upstream = Upstream(settings.timeouts, settings.limits)
         self.board = StatusBoard(
             lambda: self.prober.fleet,
             lambda: self.ledger.usage,
@@ -74,6 +74,7 @@ class Services:
         self.aliases = {canonical_model(own): name for own, name in settings.aliases}
         self.endpoints = {**old, **new}  # removed boxes stay known until they retire
         self.upstream.retime(settings.timeouts)
+        self.upstream.limits = settings.limits
         removed = self.prober.reconfigure(settings, adapters(self.aliases))
         self._retiring = (self._retiring - new.keys()) | set(removed)
         self.dispatcher.reconfigure(settings)
@@ -113,6 +114,8 @@ class Services:
     def target(self, box: str, plan: Plan) -> Target:
         ep = self.endpoints[box]
         out = plan(self.prober.fleet.by_name[box])
+        if out.translator is not None:
+            out.translator.limit_events(self.settings.limits.max_box_event_bytes)
         return Target(box, ep.url + out.path, ep.api_key, out.body, out.translator)
 
     async def exchange(
