@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ from ollamux.backends.translate.common import (
 from ollamux.backends.translate.plans import for_ollama_client, for_openai_client
 from ollamux.routing.errors import BadRequest
 from ollamux.routing.settings import ConfigError, parse_settings
-from ollamux.routing.state import BoxState, model_key
+from ollamux.routing.state import BoxState, Fleet, Health, model_key
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 8).decode()
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\x00" * 8).decode()
@@ -700,4 +701,13 @@ def test_untranslatable_requests_are_kept_to_boxes_of_their_own_api() -> None:
         ],
     }
     routed = for_openai_client("/v1/chat/completions", orjson.dumps(doc), doc, "m", "m:latest")
+    # Translated only once a box that needs it may serve the model: an Ollama box here.
+    ollama_box = replace(
+        _box("ollama", [], openai_api=False), models=frozenset({"m:latest"}), health=Health.HEALTHY
+    )
+    llama_box = replace(ollama_box, name="l", kind="llama-server", openai_api=None)
+    routed.check(Fleet.of((ollama_box, llama_box)), "m:latest")
     assert routed.kinds == frozenset({"llama-server", "openai"}) and routed.error is not None
+    with pytest.raises(BadRequest):
+        routed.plan(ollama_box)
+    assert routed.plan(llama_box).translator is None

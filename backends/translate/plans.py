@@ -28,14 +28,26 @@ OPENAI_KINDS = frozenset({"llama-server", "openai"})
 OLLAMA_KINDS = frozenset({"ollama"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Routed:
     plan: Plan
     kinds: frozenset[str] | None = None  # None: any kind of box can serve it
     error: BadRequest | None = None  # why other kinds cannot
+    # A translation made only if a box that needs it may serve the request: ``needs``
+    # says which boxes do; ``convert`` makes it (once) and returns why it cannot be made.
+    convert: Callable[[], BadRequest | None] | None = None
+    needs: Callable[[BoxState], bool] | None = None
+    fallback: frozenset[str] | None = None  # the kinds left when it cannot be made
 
     def check(self, fleet: Fleet, key: str) -> None:
         """Refuse up front a request that only boxes unable to take it could serve."""
+        if self.convert is not None and self.needs is not None:
+            needs = self.needs
+            if any(key in b.models and needs(b) for b in fleet.boxes):
+                self.error = self.convert()
+                if self.error is not None:
+                    self.kinds = self.fallback
+            self.convert = None
         if self.error is None or not fleet.knows(key):
             return
         kinds = self.kinds
@@ -85,14 +97,30 @@ def for_openai_client(path: str, body: bytes, doc: dict[str, Any], model: str, k
     def same(box: BoxState) -> Outbound:
         return Outbound(path, _with_model(body, doc, own_id(box, key, model), model))
 
-    try:
-        native_path, native = _openai_converter(path)(doc)
-    except BadRequest as exc:
-        return Routed(same, OPENAI_KINDS, exc)
+    made: list[tuple[str, dict[str, Any]] | BadRequest] = []
+
+    def converted() -> tuple[str, dict[str, Any]]:
+        """The request in Ollama's shape, made the first time a box needs it."""
+        if not made:
+            try:
+                made.append(_openai_converter(path)(doc))
+            except BadRequest as exc:
+                made.append(exc)
+        if isinstance(made[0], BadRequest):
+            raise made[0]
+        return made[0]
+
+    def convert() -> BadRequest | None:
+        try:
+            converted()
+        except BadRequest as exc:
+            return exc
+        return None
 
     def plan(box: BoxState) -> Outbound:
         if speaks_openai(box):
             return same(box)
+        native_path, native = converted()
         translator: Translator
         if native_path == to_ollama.EMBED:
             base64 = doc.get("encoding_format") == "base64"
@@ -109,7 +137,12 @@ def for_openai_client(path: str, body: bytes, doc: dict[str, Any], model: str, k
         sent = orjson.dumps({**native, "model": own_id(box, key, model)})
         return Outbound(native_path, sent, translator)
 
-    return Routed(plan)
+    return Routed(
+        plan,
+        convert=convert,
+        needs=lambda box: not speaks_openai(box),
+        fallback=OPENAI_KINDS,
+    )
 
 
 def _with_model(body: bytes, doc: Mapping[str, Any], own: str, model: str) -> bytes:
