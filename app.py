@@ -50,7 +50,7 @@ def create_app(settings: Settings, config_path: str | Path | None = None) -> Sta
     svc = Services(settings)
     reloader = Reloader(config_path, svc) if config_path is not None else None
     exchanges = Exchanges()
-    client_auth = Auth(lambda: svc.settings.client_keys)
+    client_auth = Auth(lambda: svc.settings.client_keys, limits=lambda: svc.settings.limits)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

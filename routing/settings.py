@@ -111,6 +111,7 @@ class ClientKey:
 
     name: str
     key: str = field(repr=False)
+    admin: bool = False  # may also manage the fleet (drain, reload, pull, delete, ...)
 
 
 @dataclass(frozen=True)
@@ -261,13 +262,14 @@ def _parse_client_keys(raw: object) -> tuple[ClientKey, ...]:
     for i, entry in enumerate(_list(raw, "auth.api_keys")):
         where = f"auth.api_keys[{i}]"
         if isinstance(entry, dict):
-            _refuse_unknown(entry, {"name", "key"}, f"{where}.")
+            _refuse_unknown(entry, {"name", "key", "admin"}, f"{where}.")
             name, key = entry.get("name"), entry.get("key")
+            admin = _bool(entry, "admin", False, f"{where}.admin")
             if not isinstance(name, str) or not name.strip():
                 raise ConfigError(f"{where}.name has value {name!r}; expected a name")
             if not isinstance(key, str) or not key:
                 raise ConfigError(f"{where}.key must be a non-empty string")
-            keys.append(ClientKey(name.strip(), key))
+            keys.append(ClientKey(name.strip(), key, admin))
         elif isinstance(entry, str):
             if entry:
                 keys.append(ClientKey(f"key-{i + 1}", entry))

@@ -19,6 +19,7 @@ import enum
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -32,14 +33,40 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ollamux.routing.api import STATIC
-from ollamux.routing.errors import BadRequest, PayloadTooLarge, ProxyError, Unauthorized
-from ollamux.routing.settings import ClientKey
+from ollamux.routing.api.connections import Network, client_address, trusted_networks
+from ollamux.routing.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    ProxyError,
+    TooManyRequests,
+    Unauthorized,
+)
+from ollamux.routing.settings import ClientKey, Limits
 
 log = logging.getLogger("ollamux.auth")
 
 COOKIE = "ollamux_session"
 SESSION_TTL = 12 * 3600.0  # seconds a dashboard login lasts
 MAX_SESSIONS = 10_000  # the oldest go first beyond this
+FREE_FAILURES = 5  # failed keys a client may send before it must wait
+MAX_THROTTLED = 100_000  # clients whose failures are remembered
+FORGET_AFTER = 600.0  # s after its back-off ends that a quiet client is forgotten first
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+_CSRF_SITES = frozenset({b"same-origin", b"none"})
+# Managing the fleet takes an ``admin: true`` key (or its session).
+_MANAGE_EXACT = frozenset(
+    {
+        ("POST", "/router/preload"),
+        ("POST", "/router/refresh"),
+        ("POST", "/router/reload"),
+        ("POST", "/api/pull"),
+        ("POST", "/api/push"),
+        ("POST", "/api/create"),
+        ("POST", "/api/copy"),
+        ("DELETE", "/api/delete"),
+    }
+)
 _LOGIN_MAX = 4096  # bytes of a login body
 _LOGIN_PAGE = STATIC / "login.html"
 _LOGIN_CSP = (
@@ -96,6 +123,7 @@ class Keys:
     def __init__(self, keys: Sequence[ClientKey]) -> None:
         self._digests = tuple((_digest(k.key.encode()), k.name) for k in keys)
         self.names = frozenset(k.name for k in keys)
+        self.admins = frozenset(k.name for k in keys if k.admin)
 
     def __bool__(self) -> bool:
         return bool(self._digests)
@@ -155,12 +183,54 @@ class Auth:
     sessions a revoked key opened) and switches auth on or off."""
 
     def __init__(
-        self, current: Callable[[], Sequence[ClientKey]], sessions: Sessions | None = None
+        self,
+        current: Callable[[], Sequence[ClientKey]],
+        sessions: Sessions | None = None,
+        limits: Callable[[], Limits] = Limits,
     ) -> None:
         self._current = current
         self._source: Sequence[ClientKey] = ()
         self._keys = Keys(())
         self.sessions = sessions or Sessions()
+        self.throttle = Throttle()
+        self._limits = limits
+        self._networks: tuple[Limits, tuple[Network, ...]] | None = None
+
+    def client(self, scope: Scope) -> str:
+        """Who is asking, for the failed-auth back-off (X-Forwarded-For from trusted
+        proxies, as the per-client limits count)."""
+        limits = self._limits()
+        if self._networks is None or self._networks[0] is not limits:
+            self._networks = (limits, trusted_networks(limits))
+        forwarded = None
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                forwarded = value if forwarded is None else forwarded + b"," + value
+        peer = scope.get("client")
+        return client_address(peer[0] if peer else None, forwarded, self._networks[1])
+
+    def refused(self, scope: Scope) -> TooManyRequests | None:
+        """A 429 for a client in its back-off after failed keys, else None."""
+        wait = self.throttle.wait(self.client(scope))
+        if wait <= 0:
+            return None
+        return TooManyRequests(
+            f"too many failed API keys from this client: wait {math.ceil(wait)} s",
+            retry_after=math.ceil(wait),
+        )
+
+    def failed(self, scope: Scope, how: str) -> None:
+        client = self.client(scope)
+        count = self.throttle.failed(client)
+        log.warning(
+            "auth failed from %s (%s): %d in a row%s",
+            client,
+            how,
+            count,
+            f", backing off {self.throttle.wait(client):g} s"
+            if count >= self.throttle.free
+            else "",
+        )
 
     @property
     def keys(self) -> Keys:
@@ -169,6 +239,43 @@ class Auth:
             self._source, self._keys = source, Keys(source)
             self.sessions.keep(self._keys.names)
         return self._keys
+
+
+class Throttle:
+    """Failed authentications per client: ``free`` are free, then each costs a back-off
+    (``backoff`` seconds, doubling up to ``max_backoff``) during which that client's keys
+    are refused (429) unchecked. A success forgets the client's failures."""
+
+    def __init__(
+        self,
+        free: int = FREE_FAILURES,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.free, self.backoff, self.max_backoff = free, backoff, max_backoff
+        self._clock = clock
+        self._clients: dict[str, tuple[int, float]] = {}  # failures, back-off until
+
+    def wait(self, client: str) -> float:
+        entry = self._clients.get(client)
+        return 0.0 if entry is None else max(0.0, entry[1] - self._clock())
+
+    def failed(self, client: str) -> int:
+        now = self._clock()
+        if len(self._clients) >= MAX_THROTTLED:  # forget the quiet ones first
+            quiet = [c for c, (_, until) in self._clients.items() if until + FORGET_AFTER < now]
+            for c in quiet or list(self._clients)[: MAX_THROTTLED // 10]:
+                del self._clients[c]
+        count = self._clients.get(client, (0, 0.0))[0] + 1
+        until = now
+        if count >= self.free:
+            until = now + min(self.max_backoff, self.backoff * 2 ** (count - self.free))
+        self._clients[client] = (count, until)
+        return count
+
+    def succeeded(self, client: str) -> None:
+        self._clients.pop(client, None)
 
 
 class AuthMiddleware:
@@ -193,29 +300,84 @@ class AuthMiddleware:
                 cookie = value
             elif name == b"accept":
                 html = b"text/html" in value
-        path = scope["path"]
+        path, method = scope["path"], scope["method"]
+        if key and (method, path) not in _OPEN:
+            throttled = self.auth.refused(scope)
+            if throttled is not None:  # not even checked: guessing costs time
+                await self.render(Request(scope), throttled)(scope, receive, send)
+                return
         key_name = keys.name_of(key) if key else None
         session_name = None
         if key_name is None and cookie is not None and cookie_path(path):
             token = session_token(cookie)
             session_name = self.auth.sessions.name_of(token) if token else None
-        verdict = access(scope["method"], path, key_name, session_name, html)
+        verdict = access(method, path, key_name, session_name, html)
+        refusal: ProxyError | None = None
         if verdict is Access.GRANTED:
             name = key_name or session_name
-            scope.setdefault("state", {})["key_name"] = name
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s %s: key %s", scope["method"], path, name)
+            if key_name is not None:
+                self.auth.throttle.succeeded(self.auth.client(scope))
+            elif method not in _SAFE:
+                refusal = cross_site(scope)
+            if refusal is None and manages(method, path) and name not in keys.admins:
+                refusal = Forbidden(
+                    f"{method} {path} manages the fleet: it takes a key with admin: true "
+                    f"(key {name} has none)"
+                )
+            if refusal is None:
+                scope.setdefault("state", {})["key_name"] = name
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s %s: key %s", method, path, name)
         elif verdict is Access.LOGIN:
             await RedirectResponse(_url(scope, "/login"), 303)(scope, receive, send)
             return
         elif verdict is Access.DENIED:
-            error = Unauthorized(
+            if key:
+                self.auth.failed(scope, f"a wrong API key on {method} {path}")
+            refusal = Unauthorized(
                 "the API key is not valid" if key else _MISSING,
                 headers={"WWW-Authenticate": 'Bearer realm="ollamux"'},
             )
-            await self.render(Request(scope), error)(scope, receive, send)
+        if refusal is not None:
+            await self.render(Request(scope), refusal)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def manages(method: str, path: str) -> bool:
+    """Whether a request manages the fleet (admin keys only)."""
+    if (method, path) in _MANAGE_EXACT:
+        return True
+    if method == "POST" and path.startswith("/router/boxes/"):
+        return path.endswith(("/drain", "/resume"))
+    return method == "POST" and path.startswith("/api/blobs/")
+
+
+def cross_site(scope: Scope) -> Forbidden | None:
+    """A cookie-authorized POST must come from this origin, as JSON: a page on another
+    origin (another port of the same host included, where SameSite does not help) can
+    neither send JSON without CORS consent nor hide its Origin/Sec-Fetch-Site."""
+    origin = site = kind = host = None
+    for name, value in scope["headers"]:
+        if name == b"origin":
+            origin = value
+        elif name == b"sec-fetch-site":
+            site = value
+        elif name == b"content-type":
+            kind = value
+        elif name == b"host":
+            host = value
+    if site is not None and site not in _CSRF_SITES:
+        return Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site.decode('latin-1')})")
+    if origin is not None:
+        own = f"{scope.get('scheme', 'http')}://".encode() + (host or b"")
+        if origin != own:
+            return Forbidden(f"cross-origin request refused (Origin: {origin.decode('latin-1')})")
+    if kind is None or kind.split(b";")[0].strip().lower() != b"application/json":
+        return Forbidden(
+            "a request authorized by the dashboard's cookie must be sent as application/json"
+        )
+    return None
 
 
 _MISSING = "an API key is required: send it as Authorization: Bearer KEY (or x-api-key: KEY)"
@@ -269,13 +431,18 @@ async def login(request: Request) -> Response:
     """The login form (``key=...``, answered with redirects) or JSON (``{"key": ...}``,
     answered with JSON): a right key opens a session and sets its cookie."""
     auth: Auth = request.app.state.auth
+    throttled = auth.refused(request.scope)
+    if throttled is not None:
+        raise throttled
     form = not request.headers.get("content-type", "").startswith("application/json")
     key = _presented_key(await _small_body(request), form)
     name = auth.keys.name_of(key.encode()) if key else None
     if name is None:
+        auth.failed(request.scope, "a wrong key at the dashboard's login")
         if form:
             return RedirectResponse(_url(request.scope, "/login?failed"), 303)
         raise Unauthorized("the API key is not valid")
+    auth.throttle.succeeded(auth.client(request.scope))
     token = auth.sessions.open(name)
     log.info("dashboard login with key %s", name)
     response: Response
