@@ -121,6 +121,7 @@ class Prober:
                 continue
             moved = (box.ep.url, box.ep.kind) != (ep.url, ep.kind)
             box.ep, box.adapter = ep, self._adapters[ep.kind]
+            _retune(box.breaker, settings)
             state = _fresh_state(settings, ep, i) if moved else old
             states.append(
                 replace(
@@ -138,6 +139,7 @@ class Prober:
         removed = [b.name for b in self.fleet.boxes if b.name not in names]
         states += [replace(self.fleet.by_name[n], draining=True) for n in removed]
         self.fleet = Fleet.of(tuple(states))
+        self._breakers_due = min(self._breakers_due, self._clock.now())  # re-check them
         self._on_change()
         return removed
 
@@ -337,6 +339,15 @@ class Prober:
         never_up = old.health in (Health.UNKNOWN, Health.DOWN)
         down = never_up or box.failures >= DOWN_AFTER
         return replace(state, health=Health.DOWN if down else Health.DEGRADED, error=error)
+
+
+def _retune(breaker: Breaker, settings: Settings) -> None:
+    """A reload's breaker settings, for a box that keeps its breaker (and its state): an
+    open one waits no longer than the new maximum."""
+    fo = settings.failover
+    breaker.failures_to_open = fo.breaker_failures
+    breaker.backoff, breaker.max_backoff = fo.breaker_backoff, fo.breaker_max_backoff
+    breaker.wait = min(breaker.wait, fo.breaker_max_backoff)
 
 
 def _fresh_state(settings: Settings, ep: Endpoint, index: int) -> BoxState:

@@ -212,6 +212,10 @@ def load_settings(path: str | Path) -> Settings:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from exc
     try:
         raw = yaml.safe_load(_VAR.sub(r"__ollamux_env.\1.__", text))
     except yaml.YAMLError as exc:

@@ -39,6 +39,10 @@ class Reloader:
             self.refused += 1
             log.error("config %s refused, the running config stays: %s", self.path, exc)
             return False
+        except Exception:  # whatever the file holds, the watcher must outlive it
+            self.refused += 1
+            log.exception("config %s refused, the running config stays", self.path)
+            return False
         changes = self._services.reconfigure(settings)
         self.reloads += 1
         log.info(
