@@ -224,18 +224,23 @@ class Upstream:
         return Response(resp, box, self._timeouts.idle, self.limits.max_box_body_bytes)
 
     async def get_json(self, box: str, url: str, headers: Mapping[str, str], timeout: float) -> Any:
-        """A small GET whose JSON body is wanted (probes); raises UpstreamError on non-2xx."""
-        resp = await self.send(box, "GET", url, headers=headers, first_byte=timeout)
+        """A small GET whose JSON body is wanted (probes); raises UpstreamError on non-2xx.
+        One deadline covers it all: a box trickling its answer a byte at a time (no read
+        ever idle for long) is as late as one that says nothing."""
+        resp: Response | None = None
         try:
             async with asyncio.timeout(timeout):
+                resp = await self.send(box, "GET", url, headers=headers, first_byte=timeout)
                 body = await resp.read()
         except TimeoutError as exc:
-            resp.close()
-            raise UpstreamBadAnswer(
-                f"box {box}: {url} did not answer whole within {timeout:g} s", box=box
+            if resp is not None:
+                resp.close()
+            raise UpstreamTimeout(
+                f"box {box}: {url} did not answer within {timeout:g} s", box=box
             ) from exc
         except UpstreamError:
-            resp.close()
+            if resp is not None:
+                resp.close()
             raise
         if resp.status >= 300:
             raise UpstreamBadAnswer(f"box {box}: {url} answered {resp.status}", box=box)

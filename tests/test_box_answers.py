@@ -8,6 +8,7 @@ under test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -71,7 +72,7 @@ async def proxy(
     from ollamux.routing.settings import parse_settings
 
     endpoints = [{"url": url, "name": name, **extra.pop(f"box_{name}", {})} for name, url in boxes]
-    probe = {"ps": 0.2, "tags": 30.0, "timeout": 1.0, "max_backoff": 0.5}
+    probe = extra.pop("probe", {"ps": 0.2, "tags": 30.0, "timeout": 1.0, "max_backoff": 0.5})
     settings = parse_settings({"endpoints": endpoints, "probe": probe, **extra})
     app = create_app(settings)
     async with AsyncExitStack() as stack:
@@ -173,3 +174,57 @@ async def test_an_event_stream_without_blank_lines_ends_with_an_error_line() -> 
     )
     assert resp.status_code == 200 and version.status_code == 200
     assert "limits.max_box_event_bytes" in lines[-1]["error"]
+
+
+@asynccontextmanager
+async def trickling_box(hang: asyncio.Event) -> AsyncIterator[str]:
+    """An Ollama-like box on a raw socket whose /api/tags, once ``hang`` is set, sends its
+    response head a byte at a time, forever: no read is ever idle for long, yet the
+    answer never comes."""
+    ok = orjson.dumps({"models": [TAG]})
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                body = ok if path in (b"/api/tags", b"/api/ps") else b'{"version": "0.12.0"}'
+                answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                answer += b"content-length: %d\r\n\r\n" % len(body) + body
+                if path == b"/api/tags" and hang.is_set():
+                    for byte in answer * 1000:
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                        await asyncio.sleep(0.05)
+                writer.write(answer)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+async def test_a_hanging_model_list_makes_the_box_not_healthy_with_an_error() -> None:
+    hang = asyncio.Event()
+    async with (
+        trickling_box(hang) as box,
+        proxy(("a", box), probe={"ps": 0.1, "tags": 0.2, "timeout": 0.5, "max_backoff": 0.5}) as (
+            http,
+            _app,
+        ),
+    ):
+        first = (await http.get("/router/status")).json()["endpoints"][0]
+        assert first["health"] == "healthy"
+        hang.set()
+        seen = first
+        for _ in range(60):
+            await asyncio.sleep(0.05)
+            seen = (await http.get("/router/status")).json()["endpoints"][0]
+            if seen["health"] != "healthy":
+                break
+    print(f"\nhanging /api/tags: health {seen['health']}, error {seen['error']!r}")
+    assert seen["health"] != "healthy" and seen["error"]
