@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from ollamux.routing.affinity import AffinityTable
 from ollamux.routing.choose import Candidate, NoRoute, Request, Tier, choose, no_route, rank
 from ollamux.routing.errors import ModelNotFound, NoCapacity, TooManyRequests
-from ollamux.routing.explain import explain, route_reason
+from ollamux.routing.explain import explain, route_reason, unavailable
 from ollamux.routing.ledger import Lease, Ledger
 from ollamux.routing.policies import Signals
 from ollamux.routing.settings import Settings
@@ -110,7 +110,7 @@ class Dispatcher:
             picked = self.pick(req)
         if isinstance(picked, Candidate):
             return picked
-        raise no_route_error(picked, display_name)
+        raise no_route_error(picked, display_name, self._prober.fleet, req.model)
 
     async def acquire(self, req: Request, display_name: str, ticket: Ticket = NORMAL) -> Lease:
         """Reserve a slot on the best box for ``req``, waiting for one if need be."""
@@ -128,7 +128,7 @@ class Dispatcher:
             self._placed(result, ranked[0], ticket, None)
             return result
         if isinstance(result, NoRoute):
-            raise no_route_error(result, display_name)
+            raise no_route_error(result, display_name, self._prober.fleet, req.model)
         assert isinstance(result, Wait)
         return await self._wait(req, display_name, ticket, result.pin)
 
@@ -290,10 +290,13 @@ class Dispatcher:
         return replace(req, exclude=req.exclude | failed)
 
 
-def no_route_error(reason: NoRoute, model: str) -> ModelNotFound | NoCapacity:
+def no_route_error(
+    reason: NoRoute, model: str, fleet: Fleet | None = None, key: str | None = None
+) -> ModelNotFound | NoCapacity:
     if reason is NoRoute.UNKNOWN_MODEL:
         return ModelNotFound(f'model "{model}" not found, try pulling it first')
-    return NoCapacity(f'no healthy box can serve model "{model}" right now', retry_after=5)
+    why = "" if fleet is None or key is None else unavailable(fleet, key)
+    return NoCapacity(f'no healthy box can serve model "{model}" right now{why}', retry_after=5)
 
 
 def _now() -> float:

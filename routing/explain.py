@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ollamux.routing.breaker import BreakerState
 from ollamux.routing.choose import Candidate, NoRoute, Request, Tier, no_route, rank
 from ollamux.routing.policies import Signals
-from ollamux.routing.state import BoxState, Fleet, Usage
+from ollamux.routing.state import BoxState, Fleet, Health, Usage
 
 TIERS = {Tier.LOADED_FREE: "loaded, free slot", Tier.FREE: "free slot", Tier.SATURATED: "saturated"}
 
@@ -100,3 +101,22 @@ def _no_route_text(reason: NoRoute) -> str:
     if reason is NoRoute.UNKNOWN_MODEL:
         return "no box has this model"
     return "boxes have this model but none can serve now"
+
+
+def unavailable(fleet: Fleet, key: str) -> str:
+    """Why each box that has the model takes no request now (its breaker open, down,
+    draining): a box can be healthy to its probes and still be out of service."""
+    reasons = []
+    for box in fleet.boxes:
+        if key not in box.models:
+            continue
+        why = []
+        if box.health not in (Health.HEALTHY, Health.DEGRADED):
+            why.append(str(box.health))
+        if box.breaker is BreakerState.OPEN:
+            why.append(f"breaker open after failures ({box.health} to its probes)")
+        if box.draining:
+            why.append("draining")
+        if why:
+            reasons.append(f"{box.name}: {', '.join(why)}")
+    return f" ({'; '.join(reasons)})" if reasons else ""
