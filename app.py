@@ -233,7 +233,7 @@ async def serve(app: Starlette, args: argparse.Namespace) -> None:
         args.port,
         args.log_level,
         args.server,
-        limits=settings.limits,
+        limits=lambda: app.state.services.settings.limits,  # a reload changes them
         grace=settings.shutdown.grace,
         on_stop=draining(app),
     )

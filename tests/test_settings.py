@@ -196,3 +196,30 @@ def test_command_line_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "max_concurrent_connections has value 'lots'" in result.stderr
+
+
+def test_every_section_key_is_in_the_readme_configuration_table() -> None:
+    import dataclasses
+
+    from ollamux.routing import settings as s
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    sections = {
+        "timeouts": s.Timeouts,
+        "probe": s.ProbeIntervals,
+        "queue": s.Queue,
+        "affinity": s.Affinity,
+        "failover": s.Failover,
+        "fairness": s.Fairness,
+        "limits": s.Limits,
+        "shutdown": s.Shutdown,
+        "stats": s.StatsSettings,
+        "routing": s.Routing,
+    }
+    missing = [
+        f"{name}.{f.name}"
+        for name, cls in sections.items()
+        for f in dataclasses.fields(cls)
+        if f"| `{name}.{f.name}` |" not in readme
+    ]
+    assert missing == []
