@@ -182,8 +182,10 @@ async def trickling_box(hang: asyncio.Event) -> AsyncIterator[str]:
     response head a byte at a time, forever: no read is ever idle for long, yet the
     answer never comes."""
     ok = orjson.dumps({"models": [TAG]})
+    writers: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -206,6 +208,9 @@ async def trickling_box(hang: asyncio.Event) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.close()
+        for writer in writers:  # the trickling handler ends on its next write
+            writer.close()
+        await asyncio.sleep(0.1)
 
 
 async def test_a_hanging_model_list_makes_the_box_not_healthy_with_an_error() -> None:
