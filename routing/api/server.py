@@ -97,6 +97,7 @@ def uvicorn_config(
         proxy_headers=False,  # the guard and the app read X-Forwarded-For themselves
         loop="uvloop",
         http=Guard(limits).protocol(),
+        ws="none",  # no route upgrades: an Upgrade header must not leave the guard's protocol
         limit_concurrency=2 * limits().max_connections,
     )
 
