@@ -72,6 +72,9 @@ class Prober:
             tuple(_fresh_state(settings, ep, i) for i, ep in enumerate(settings.endpoints))
         )
         self._breakers_due = _NEVER  # the earliest time an open breaker may half-open
+        # (box, model) breakers: a model that fails on one box (its error names it) rests
+        # there, while the box serves its other models.
+        self._model_breakers: dict[tuple[str, str], Breaker] = {}
         self._timer: Timer | None = None
         self._timer_at = _NEVER
         self._loops: dict[str, asyncio.Task[None]] = {}
@@ -149,6 +152,8 @@ class Prober:
         if task is not None:
             task.cancel()
         self._boxes.pop(name, None)
+        for key in [k for k in self._model_breakers if k[0] == name]:
+            del self._model_breakers[key]
         self.fleet = Fleet.of(tuple(b for b in self.fleet.boxes if b.name != name))
         self._on_change()
 
@@ -168,6 +173,36 @@ class Prober:
         if wait is not None:
             self._breakers_due = min(self._breakers_due, now + wait)
             self._arm(now + wait)
+
+    def report_model(self, name: str, model: str, ok: bool) -> None:
+        """What traffic saw of one model on a box: feeds that (box, model)'s breaker."""
+        if ok:
+            breaker = self._model_breakers.pop((name, model), None)
+            if breaker is not None and breaker.state is not BreakerState.CLOSED:
+                log.info("box %s: model %s serves again", name, model)
+                self._set_failing(name, model, False)
+            return
+        if name not in self._boxes:
+            return
+        fo = self._settings.failover
+        breaker = self._model_breakers.setdefault(
+            (name, model), Breaker(fo.breaker_failures, fo.breaker_backoff, fo.breaker_max_backoff)
+        )
+        now = self._clock.now()
+        if breaker.failure(now) and breaker.state is BreakerState.OPEN:
+            log.warning("box %s: model %s failing there, breaker open", name, model)
+            self._set_failing(name, model, True)
+            wait = breaker.reopens_in(now) or 0.0
+            self._breakers_due = min(self._breakers_due, now + wait)
+            self._arm(now + wait)
+
+    def _set_failing(self, name: str, model: str, failing: bool) -> None:
+        state = self._fleet.by_name.get(name)
+        if state is None:
+            return
+        models = state.failing | {model} if failing else state.failing - {model}
+        if models != state.failing:
+            self._publish(replace(state, failing=models))
 
     @property
     def fleet(self) -> Fleet:
@@ -192,7 +227,16 @@ class Prober:
             wait = box.breaker.reopens_in(now)
             if wait is not None:
                 due = min(due, now + wait)
+        trials = []
+        for (name, model), breaker in self._model_breakers.items():
+            if breaker.tick(now):
+                trials.append((name, model))
+            wait = breaker.reopens_in(now)
+            if wait is not None:
+                due = min(due, now + wait)
         self._breakers_due = due  # before publishing: its listeners read ``fleet``
+        for name, model in trials:
+            self._set_failing(name, model, False)  # the next request is the trial
         for name in opened:
             if name in self._fleet.by_name:
                 log.info("box %s: breaker %s", name, BreakerState.HALF_OPEN)

@@ -140,6 +140,7 @@ class Exchange:
         path: str,
         max_attempts: int = 1,
         on_failure: Callable[[str], None] = lambda box: None,
+        on_model_failure: Callable[[str, str], None] = lambda box, model: None,
         on_refused: Callable[[str, str | None], None] = lambda box, retry_after: None,
         on_done: Callable[[Outcome], None] = lambda outcome: None,
     ) -> None:
@@ -151,6 +152,7 @@ class Exchange:
         self._headers = headers
         self._max_attempts = max_attempts
         self._on_failure = on_failure
+        self._on_model_failure = on_model_failure
         self._on_refused = on_refused
         self._on_done = on_done
         self.outcome = Outcome(box=None, model=model, path=path)
@@ -234,8 +236,9 @@ class Exchange:
                 log.info("box %s answered %d as another box did: the request's error", box, status)
             elif _names_model(body, model):
                 log.warning(
-                    "box %s failed model %s (%d): not counted against the box", box, model, status
+                    "box %s failed model %s (%d): the model's failure there", box, model, status
                 )
+                self._on_model_failure(box, model)
             else:
                 self._on_failure(box)
 

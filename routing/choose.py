@@ -106,6 +106,8 @@ def no_route(fleet: Fleet, req: Request) -> NoRoute:
 def _candidate(box: BoxState, usage: Usage, req: Request, signals: Signals) -> Candidate | None:
     if not box.routable or req.model not in box.models or box.name in req.exclude:
         return None
+    if req.model in box.failing:  # the model fails on this box (its own breaker is open)
+        return None
     if box.name in signals.cooling or signals.utilisation.get(box.name, 0.0) >= 1.0:
         return None
     if req.kinds is not None and box.kind not in req.kinds:

@@ -115,6 +115,8 @@ def unavailable(fleet: Fleet, key: str) -> str:
             why.append(str(box.health))
         if box.breaker is BreakerState.OPEN:
             why.append(f"breaker open after failures ({box.health} to its probes)")
+        if key in box.failing:
+            why.append("the model failing there (its breaker open)")
         if box.draining:
             why.append("draining")
         if why:

@@ -53,6 +53,7 @@ class BoxState:
     weight: float = 1.0  # share of traffic under the weighted-random strategy
     draining: bool = False  # no new requests (maintenance, or removed from the config)
     openai_api: bool | None = None  # an Ollama box also serves OpenAI's /v1 (None: unknown)
+    failing: frozenset[str] = frozenset()  # models whose (box, model) breaker is open
 
     @property
     def routable(self) -> bool:

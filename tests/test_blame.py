@@ -7,6 +7,7 @@ failed identically on two boxes is not carried to a third, and it counts against
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ollamux.backends.sim.ollama import SimConfig
@@ -45,18 +46,31 @@ async def test_a_request_that_fails_alike_on_two_boxes_takes_no_box_out(cluster:
 
 
 async def test_a_box_error_naming_the_model_is_the_models_not_the_boxes(cluster: Any) -> None:
+    """The failures open the (box, model)'s breaker: that model is not sent there for a
+    while (503 saying why), and the box keeps serving its other models."""
     async with cluster(
         SimConfig(name="a", preloaded=[GOOD], models=[GOOD, BAD]),
-        failover={"breaker_failures": 2},
+        failover={"breaker_failures": 2, "breaker_backoff": 0.3, "breaker_max_backoff": 0.3},
     ) as c:
         a = c.box("a")
         a.faults.load_error = {BAD: f'model "{BAD}" failed to load: not enough memory'}
-        for i in range(4):
+        for i in range(2):
             resp = await c.http.post("/api/generate", json=gen(BAD, f"bad{i}"))
             assert resp.status_code == 500 and BAD in resp.json()["error"]
+        refused = await c.http.post("/api/generate", json=gen(BAD, "bad2"))
+        assert refused.status_code == 503, refused.text
+        assert "failing" in refused.json()["error"] and a.stats.requests == 2
         assert (await breakers(c))["a"] == "closed"
+        assert (await c.status())["endpoints"][0]["failing"] == [BAD]
         resp = await c.http.post("/api/generate", json=gen(GOOD, "good"))
         assert resp.status_code == 200
+        # Once the model loads there again, a trial after the backoff closes it.
+        a.faults.load_error = {}
+        await asyncio.sleep(0.4)
+        resp = await c.http.post("/api/generate", json=gen(BAD, "bad3"))
+        assert resp.status_code == 200, resp.text
+        again = await c.http.post("/api/generate", json=gen(BAD, "bad4"))
+        assert again.status_code == 200
 
 
 async def test_a_box_that_fails_where_another_serves_is_still_blamed(cluster: Any) -> None:

@@ -161,6 +161,7 @@ class Services:
             path=path,
             max_attempts=self.settings.failover.max_attempts if slot else 1,
             on_failure=self._failed,
+            on_model_failure=self._model_failed,
             on_refused=self._refused,
             on_done=done,
         )
@@ -174,6 +175,10 @@ class Services:
         """Traffic found ``box`` failing before its answer could be relayed."""
         self.prober.report(box, ok=False)
         self.prober.poke(box)
+
+    def _model_failed(self, box: str, model: str) -> None:
+        """The box named the model in its error: the (box, model) is to blame."""
+        self.prober.report_model(box, model, ok=False)
 
     def _done(self, outcome: Outcome, user: str) -> None:
         counts = self.stats.finished(outcome)
@@ -189,6 +194,7 @@ class Services:
                 # A success closes the breaker; a stream that broke was already reported
                 # as a failure by the relay, when it broke.
                 self.prober.report(outcome.box, ok=True)
+                self.prober.report_model(outcome.box, outcome.model, ok=True)
             box = self.prober.fleet.by_name.get(outcome.box)
             if box is not None and outcome.model not in box.loaded:
                 # It loaded the model (and may have evicted another): look now, not in 2 s.

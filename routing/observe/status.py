@@ -73,6 +73,7 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> dict[str, Any
         "kind": box.kind,
         "health": str(box.health),
         "breaker": str(box.breaker),
+        "failing": sorted(box.failing),  # models whose (box, model) breaker is open
         "draining": box.draining,
         "version": box.version,
         "error": box.error,
