@@ -141,6 +141,8 @@ class Prober:
         names = {ep.name for ep in settings.endpoints}
         removed = [b.name for b in self.fleet.boxes if b.name not in names]
         states += [replace(self.fleet.by_name[n], draining=True) for n in removed]
+        for breaker in self._model_breakers.values():
+            _retune(breaker, settings)
         self.fleet = Fleet.of(tuple(states))
         self._breakers_due = min(self._breakers_due, self._clock.now())  # re-check them
         self._on_change()
