@@ -11,6 +11,10 @@ middleware gathers that in one pass over the headers and acts on it. Keys are co
 as SHA-256 digests with ``hmac.compare_digest``, every configured key every time, so the
 time taken says nothing about which key nearly matched. The key's name goes into
 ``request.state.key_name`` (fair share counts users by it) and the debug log.
+
+Beyond a valid key (``auth_checks``): a client that sends wrong keys backs off (429,
+logged), a cookie-authorized write must come from this origin as JSON (CSRF), and the
+routes that manage the fleet take an ``admin: true`` key (403 otherwise).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ollamux.routing.api import STATIC
+from ollamux.routing.api.auth_checks import SAFE_METHODS, Throttle, cross_site, manages
 from ollamux.routing.api.connections import Network, client_address, trusted_networks
 from ollamux.routing.errors import (
     BadRequest,
@@ -49,24 +54,6 @@ log = logging.getLogger("ollamux.auth")
 COOKIE = "ollamux_session"
 SESSION_TTL = 12 * 3600.0  # seconds a dashboard login lasts
 MAX_SESSIONS = 10_000  # the oldest go first beyond this
-FREE_FAILURES = 5  # failed keys a client may send before it must wait
-MAX_THROTTLED = 100_000  # clients whose failures are remembered
-FORGET_AFTER = 600.0  # s after its back-off ends that a quiet client is forgotten first
-_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
-_CSRF_SITES = frozenset({b"same-origin", b"none"})
-# Managing the fleet takes an ``admin: true`` key (or its session).
-_MANAGE_EXACT = frozenset(
-    {
-        ("POST", "/router/preload"),
-        ("POST", "/router/refresh"),
-        ("POST", "/router/reload"),
-        ("POST", "/api/pull"),
-        ("POST", "/api/push"),
-        ("POST", "/api/create"),
-        ("POST", "/api/copy"),
-        ("DELETE", "/api/delete"),
-    }
-)
 _LOGIN_MAX = 4096  # bytes of a login body
 _LOGIN_PAGE = STATIC / "login.html"
 _LOGIN_CSP = (
@@ -241,43 +228,6 @@ class Auth:
         return self._keys
 
 
-class Throttle:
-    """Failed authentications per client: ``free`` are free, then each costs a back-off
-    (``backoff`` seconds, doubling up to ``max_backoff``) during which that client's keys
-    are refused (429) unchecked. A success forgets the client's failures."""
-
-    def __init__(
-        self,
-        free: int = FREE_FAILURES,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.free, self.backoff, self.max_backoff = free, backoff, max_backoff
-        self._clock = clock
-        self._clients: dict[str, tuple[int, float]] = {}  # failures, back-off until
-
-    def wait(self, client: str) -> float:
-        entry = self._clients.get(client)
-        return 0.0 if entry is None else max(0.0, entry[1] - self._clock())
-
-    def failed(self, client: str) -> int:
-        now = self._clock()
-        if len(self._clients) >= MAX_THROTTLED:  # forget the quiet ones first
-            quiet = [c for c, (_, until) in self._clients.items() if until + FORGET_AFTER < now]
-            for c in quiet or list(self._clients)[: MAX_THROTTLED // 10]:
-                del self._clients[c]
-        count = self._clients.get(client, (0, 0.0))[0] + 1
-        until = now
-        if count >= self.free:
-            until = now + min(self.max_backoff, self.backoff * 2 ** (count - self.free))
-        self._clients[client] = (count, until)
-        return count
-
-    def succeeded(self, client: str) -> None:
-        self._clients.pop(client, None)
-
-
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, auth: Auth, render: Render) -> None:
         self.app = app
@@ -317,7 +267,7 @@ class AuthMiddleware:
             name = key_name or session_name
             if key_name is not None:
                 self.auth.throttle.succeeded(self.auth.client(scope))
-            elif method not in _SAFE:
+            elif method not in SAFE_METHODS:
                 refusal = cross_site(scope)
             if refusal is None and manages(method, path) and name not in keys.admins:
                 refusal = Forbidden(
@@ -342,42 +292,6 @@ class AuthMiddleware:
             await self.render(Request(scope), refusal)(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-def manages(method: str, path: str) -> bool:
-    """Whether a request manages the fleet (admin keys only)."""
-    if (method, path) in _MANAGE_EXACT:
-        return True
-    if method == "POST" and path.startswith("/router/boxes/"):
-        return path.endswith(("/drain", "/resume"))
-    return method == "POST" and path.startswith("/api/blobs/")
-
-
-def cross_site(scope: Scope) -> Forbidden | None:
-    """A cookie-authorized POST must come from this origin, as JSON: a page on another
-    origin (another port of the same host included, where SameSite does not help) can
-    neither send JSON without CORS consent nor hide its Origin/Sec-Fetch-Site."""
-    origin = site = kind = host = None
-    for name, value in scope["headers"]:
-        if name == b"origin":
-            origin = value
-        elif name == b"sec-fetch-site":
-            site = value
-        elif name == b"content-type":
-            kind = value
-        elif name == b"host":
-            host = value
-    if site is not None and site not in _CSRF_SITES:
-        return Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site.decode('latin-1')})")
-    if origin is not None:
-        own = f"{scope.get('scheme', 'http')}://".encode() + (host or b"")
-        if origin != own:
-            return Forbidden(f"cross-origin request refused (Origin: {origin.decode('latin-1')})")
-    if kind is None or kind.split(b";")[0].strip().lower() != b"application/json":
-        return Forbidden(
-            "a request authorized by the dashboard's cookie must be sent as application/json"
-        )
-    return None
 
 
 _MISSING = "an API key is required: send it as Authorization: Bearer KEY (or x-api-key: KEY)"
