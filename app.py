@@ -56,7 +56,7 @@ def create_app(
     svc = Services(settings, clock=clock)
     reloader = Reloader(config_path, svc) if config_path is not None else None
     exchanges = Exchanges()
-    client_auth = Auth(lambda: svc.settings.client_keys)
+    client_auth = Auth(lambda: svc.settings.client_keys, limits=lambda: svc.settings.limits)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -269,7 +269,7 @@ async def serve(app: Starlette, args: argparse.Namespace) -> None:
         args.port,
         args.log_level,
         args.server,
-        limits=settings.limits,
+        limits=lambda: app.state.services.settings.limits,  # a reload changes them
         grace=settings.shutdown.grace,
         on_stop=draining(app),
     )

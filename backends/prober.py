@@ -22,7 +22,8 @@ from typing import Any
 
 from ollamux.backends.kinds import Adapter
 from ollamux.backends.upstream import Upstream
-from ollamux.routing.breaker import Breaker
+from ollamux.routing.breaker import Breaker, BreakerState
+from ollamux.routing.clock import Clock, LoopClock, Timer
 from ollamux.routing.errors import UpstreamBadAnswer, UpstreamError
 from ollamux.routing.settings import Endpoint, Kind, Settings
 from ollamux.routing.state import BoxState, Fleet, Health
@@ -31,6 +32,8 @@ log = logging.getLogger("ollamux.prober")
 
 DOWN_AFTER = 3
 MODELS_REFRESH_MIN_GAP = 1.0  # seconds between two unknown-model refreshes
+_NEVER = float("inf")
+_REARM_GAP = 0.01  # s: a breaker timer that fired early tries again this much later
 
 
 class _Box:
@@ -57,15 +60,23 @@ class Prober:
         upstream: Upstream,
         adapters: Mapping[Kind, Adapter],
         on_change: Callable[[], None] = lambda: None,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or LoopClock()
         self._settings = settings
         self._up = upstream
         self._adapters = adapters
         self._on_change = on_change
         self._boxes = {ep.name: self._new_box(ep) for ep in settings.endpoints}
-        self.fleet = Fleet.of(
+        self._fleet = Fleet.of(
             tuple(_fresh_state(settings, ep, i) for i, ep in enumerate(settings.endpoints))
         )
+        self._breakers_due = _NEVER  # the earliest time an open breaker may half-open
+        # (box, model) breakers: a model that fails on one box (its error names it) rests
+        # there, while the box serves its other models.
+        self._model_breakers: dict[tuple[str, str], Breaker] = {}
+        self._timer: Timer | None = None
+        self._timer_at = _NEVER
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._refresh: asyncio.Task[None] | None = None
         self._refreshed_at = -float("inf")
@@ -76,6 +87,9 @@ class Prober:
         self._loops = {name: asyncio.create_task(self._loop(name)) for name in self._boxes}
 
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, _NEVER
         for task in self._loops.values():
             task.cancel()
         await asyncio.gather(*self._loops.values(), return_exceptions=True)
@@ -110,6 +124,7 @@ class Prober:
                 continue
             moved = (box.ep.url, box.ep.kind) != (ep.url, ep.kind)
             box.ep, box.adapter = ep, self._adapters[ep.kind]
+            _retune(box.breaker, settings)
             state = _fresh_state(settings, ep, i) if moved else old
             states.append(
                 replace(
@@ -126,7 +141,10 @@ class Prober:
         names = {ep.name for ep in settings.endpoints}
         removed = [b.name for b in self.fleet.boxes if b.name not in names]
         states += [replace(self.fleet.by_name[n], draining=True) for n in removed]
+        for breaker in self._model_breakers.values():
+            _retune(breaker, settings)
         self.fleet = Fleet.of(tuple(states))
+        self._breakers_due = min(self._breakers_due, self._clock.now())  # re-check them
         self._on_change()
         return removed
 
@@ -136,6 +154,8 @@ class Prober:
         if task is not None:
             task.cancel()
         self._boxes.pop(name, None)
+        for key in [k for k in self._model_breakers if k[0] == name]:
+            del self._model_breakers[key]
         self.fleet = Fleet.of(tuple(b for b in self.fleet.boxes if b.name != name))
         self._on_change()
 
@@ -144,21 +164,103 @@ class Prober:
         box = self._boxes.get(name)
         if box is None:
             return
-        now = time.monotonic()
+        now = self._clock.now()
         changed = box.breaker.success() if ok else box.breaker.failure(now)
         if not changed:
             return
         state = box.breaker.state
         log.log(logging.INFO if ok else logging.WARNING, "box %s: breaker %s", name, state)
-        self._publish(replace(self.fleet.by_name[name], breaker=state))
+        self._publish(replace(self._fleet.by_name[name], breaker=state))
         wait = box.breaker.reopens_in(now)
         if wait is not None:
-            asyncio.get_running_loop().call_later(wait, self._half_open, name)
+            self._breakers_due = min(self._breakers_due, now + wait)
+            self._arm(now + wait)
 
-    def _half_open(self, name: str) -> None:
-        box = self._boxes.get(name)
-        if box is not None and box.breaker.tick(time.monotonic()):
-            self._publish(replace(self.fleet.by_name[name], breaker=box.breaker.state))
+    def report_model(self, name: str, model: str, ok: bool) -> None:
+        """What traffic saw of one model on a box: feeds that (box, model)'s breaker."""
+        if ok:
+            breaker = self._model_breakers.pop((name, model), None)
+            if breaker is not None and breaker.state is not BreakerState.CLOSED:
+                log.info("box %s: model %s serves again", name, model)
+                self._set_failing(name, model, False)
+            return
+        if name not in self._boxes:
+            return
+        fo = self._settings.failover
+        breaker = self._model_breakers.setdefault(
+            (name, model), Breaker(fo.breaker_failures, fo.breaker_backoff, fo.breaker_max_backoff)
+        )
+        now = self._clock.now()
+        if breaker.failure(now) and breaker.state is BreakerState.OPEN:
+            log.warning("box %s: model %s failing there, breaker open", name, model)
+            self._set_failing(name, model, True)
+            wait = breaker.reopens_in(now) or 0.0
+            self._breakers_due = min(self._breakers_due, now + wait)
+            self._arm(now + wait)
+
+    def _set_failing(self, name: str, model: str, failing: bool) -> None:
+        state = self._fleet.by_name.get(name)
+        if state is None:
+            return
+        models = state.failing | {model} if failing else state.failing - {model}
+        if models != state.failing:
+            self._publish(replace(state, failing=models))
+
+    @property
+    def fleet(self) -> Fleet:
+        """The boxes' current state. An open breaker whose backoff has passed turns
+        half-open here, on whichever read comes first (a routing decision, a probe, the
+        status board) — its timer only makes that prompt: a timer that fires early or
+        not at all cannot leave it open."""
+        if self._breakers_due != _NEVER and self._clock.now() >= self._breakers_due:
+            self._recheck_breakers()
+        return self._fleet
+
+    @fleet.setter
+    def fleet(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def _recheck_breakers(self) -> None:
+        now = self._clock.now()
+        due, opened = _NEVER, []
+        for name, box in self._boxes.items():
+            if box.breaker.tick(now):
+                opened.append(name)
+            wait = box.breaker.reopens_in(now)
+            if wait is not None:
+                due = min(due, now + wait)
+        trials = []
+        for (name, model), breaker in self._model_breakers.items():
+            if breaker.tick(now):
+                trials.append((name, model))
+            wait = breaker.reopens_in(now)
+            if wait is not None:
+                due = min(due, now + wait)
+        self._breakers_due = due  # before publishing: its listeners read ``fleet``
+        for name, model in trials:
+            self._set_failing(name, model, False)  # the next request is the trial
+        for name in opened:
+            if name in self._fleet.by_name:
+                log.info("box %s: breaker %s", name, BreakerState.HALF_OPEN)
+                self._publish(
+                    replace(self._fleet.by_name[name], breaker=self._boxes[name].breaker.state)
+                )
+        if due != _NEVER:
+            # Never at once: a timer that fired early must not spin until the deadline.
+            self._arm(max(due, now + _REARM_GAP))
+
+    def _arm(self, when: float) -> None:
+        """A timer for the earliest breaker deadline (one at a time)."""
+        if self._timer_at <= when:
+            return  # an earlier timer will re-check, and re-arm for this one
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._clock.call_at(when, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer, self._timer_at = None, _NEVER
+        self._recheck_breakers()  # re-arms if it fired before the deadline
 
     def _publish(self, state: BoxState) -> None:
         self.fleet = self.fleet.replace(state)
@@ -319,6 +421,15 @@ def _log_change(name: str, old: BoxState, new: BoxState) -> None:
         log.info("box %s is up (%s)%s", name, new.health, reason)
     else:
         log.info("box %s is %s%s", name, new.health, reason)
+
+
+def _retune(breaker: Breaker, settings: Settings) -> None:
+    """A reload's breaker settings, for a box that keeps its breaker (and its state): an
+    open one waits no longer than the new maximum."""
+    fo = settings.failover
+    breaker.failures_to_open = fo.breaker_failures
+    breaker.backoff, breaker.max_backoff = fo.breaker_backoff, fo.breaker_max_backoff
+    breaker.wait = min(breaker.wait, fo.breaker_max_backoff)
 
 
 def _fresh_state(settings: Settings, ep: Endpoint, index: int) -> BoxState:

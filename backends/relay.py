@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from ollamux.backends.upstream import Response, Upstream, request_headers
-from ollamux.routing.errors import NoCapacity, ProxyError, UpstreamError
+from ollamux.routing.errors import NoCapacity, ProxyError, UpstreamBadAnswer, UpstreamError
 
 log = logging.getLogger("ollamux.relay")
 _TAIL = 8192  # enough for any final chunk's counts and timings
@@ -59,6 +59,8 @@ class Translator(Protocol):
     def end(self) -> bytes: ...  # whatever is left when the box's stream ends
 
     def whole(self, status: int, body: bytes) -> bytes: ...  # a body read whole
+
+    def limit_events(self, limit: int) -> None: ...  # the largest line or event buffered
 
 
 @runtime_checkable
@@ -153,6 +155,7 @@ class Exchange:
         path: str,
         max_attempts: int = 1,
         on_failure: Callable[[str], None] = lambda box: None,
+        on_model_failure: Callable[[str, str], None] = lambda box, model: None,
         on_refused: Callable[[str, str | None], None] = lambda box, retry_after: None,
         on_done: Callable[[Outcome], None] = lambda outcome: None,
         on_unsupported: Callable[[str, str], None] = lambda box, path: None,
@@ -166,6 +169,7 @@ class Exchange:
         self._headers = headers
         self._max_attempts = max_attempts
         self._on_failure = on_failure
+        self._on_model_failure = on_model_failure
         self._on_refused = on_refused
         self._on_done = on_done
         self._on_unsupported = on_unsupported
@@ -233,8 +237,32 @@ class Exchange:
     async def _connect(self) -> Response | None:
         """Place the request and send it; before the first byte reaches the client, a box
         that fails (unreachable, reset, timeout, 5xx) is replaced by the next best."""
+        answers: dict[str, tuple[int, bytes]] = {}  # 5xx answers before the first byte
+        try:
+            return await self._try_boxes(answers)
+        finally:
+            self._blame(answers)
+
+    def _blame(self, answers: dict[str, tuple[int, bytes]]) -> None:
+        """Count the 5xx answers this request got against the boxes that gave them —
+        unless two boxes gave the same one (the request's fault), or the box named the
+        model in it (the (box, model)'s: a model that fails to load there)."""
+        seen = list(answers.values())
+        model = self.outcome.model
+        for box, (status, body) in answers.items():
+            if body and seen.count((status, body)) > 1:
+                log.info("box %s answered %d as another box did: the request's error", box, status)
+            elif _names_model(body, model):
+                log.warning(
+                    "box %s failed model %s (%d): the model's failure there", box, model, status
+                )
+                self._on_model_failure(box, model)
+            else:
+                self._on_failure(box)
+
+    async def _try_boxes(self, answers: dict[str, tuple[int, bytes]]) -> Response | None:
         failed: set[str] = set()
-        reasons: list[str] = []
+        reasons: list[str] = []  # why each unreachable box was
         lacking: Target | None = None  # answered 404 on a route it may lack: its fallback runs
         try:
             self._lease, self._target = await self._place(frozenset())
@@ -262,10 +290,10 @@ class Exchange:
                     # the same box, holding the same slot, gets the translation instead.
                     # (The body is small and kept: it is relayed if the 404 stands.)
                     try:
-                        answer = await resp.read()
+                        missing = await resp.read()
                     except UpstreamError:
-                        answer = b""
-                    other = target.instead(answer)
+                        missing = b""
+                    other = target.instead(missing)
                     if other is not None:
                         resp.close()
                         lacking, self._target = target, other
@@ -275,13 +303,23 @@ class Exchange:
                         # The translation found the model, so the 404 was the route's.
                         self._on_unsupported(lacking.box, lacking.path)
                     lacking = None
-                if resp.status >= 500 or resp.status == 429:
-                    if resp.status == 429:  # rate-limited: it rests, no mark against health
-                        self._on_refused(target.box, resp.header("retry-after"))
-                    else:
-                        self._on_failure(target.box)
+                if resp.status == 429:  # rate-limited: it rests, no mark against health
+                    self._on_refused(target.box, resp.header("retry-after"))
                     failed.add(target.box)
                     if await self._next_box(failed):
+                        resp.close()
+                        continue
+                elif resp.status >= 500:
+                    # A 500 may be the request's (Ollama: a model that fails to load, an
+                    # input it chokes on); 502/503/504 speak of the box (busy, gateway).
+                    body = await _error_body(resp) if resp.status == 500 else b""
+                    answer = (resp.status, body)
+                    alike = bool(body) and answer in answers.values()
+                    answers[target.box] = answer
+                    failed.add(target.box)
+                    # The same error from two boxes is the request's, not theirs: it is
+                    # relayed, and no third box is tried.
+                    if not alike and await self._next_box(failed):
                         resp.close()
                         continue
                 if self._phase == "cancelled":  # cancelled as the answer arrived
@@ -337,7 +375,10 @@ class Exchange:
             resp.close()
         self.outcome.tail = body[-_TAIL:]
         if translator is not None:
-            body = translator.whole(resp.status, body)
+            try:
+                body = translator.whole(resp.status, body)
+            except UpstreamBadAnswer as exc:  # the client gets why, in its API's shape
+                raise UpstreamBadAnswer(f"box {resp.box}: {exc.message}", box=resp.box) from exc
         headers.append((b"content-length", str(len(body)).encode()))
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -411,6 +452,29 @@ def _unreachable(exc: UpstreamError, reasons: list[str]) -> ProxyError:
     if type(exc) is not UpstreamError:
         return exc
     return NoCapacity(f"no box could take the request: {'; '.join(reasons)}", retry_after=5)
+
+
+_ERROR_PEEK = 64 * 1024  # bytes of a box's error answer read to compare and attribute it
+
+
+async def _error_body(resp: Response) -> bytes:
+    """A box's error answer, read (and kept for relaying) if it is small; else b""."""
+    if resp.streaming:
+        return b""
+    try:
+        return await resp.peek(_ERROR_PEEK)
+    except UpstreamError:
+        return b""
+
+
+def _names_model(body: bytes, model: str) -> bool:
+    """Whether a box's error message names the model (with or without its tag)."""
+    if not body or not model:
+        return False
+    text = body.decode("utf-8", "replace").lower()
+    name = model.lower()
+    base = name.removesuffix(":latest")
+    return name in text or (base != name and f'"{base}"' in text) or f"'{base}'" in text
 
 
 def _error_tail(content_type: str, exc: ProxyError) -> bytes:

@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from ollamux.routing.errors import UpstreamBadAnswer, UpstreamError, UpstreamTimeout
-from ollamux.routing.settings import Timeouts
+from ollamux.routing.settings import Limits, Timeouts
 
 # Headers that describe one hop, not the message: never forwarded either way.
 _HOP = frozenset(
@@ -53,10 +53,23 @@ def request_headers(client: Mapping[str, str], api_key: str | None) -> dict[str,
 class Response:
     """An upstream response whose body has not been read yet."""
 
-    __slots__ = ("_resp", "box", "content_type", "headers", "status", "streaming")
+    __slots__ = (
+        "_body",
+        "_limit",
+        "_resp",
+        "box",
+        "content_type",
+        "headers",
+        "status",
+        "streaming",
+    )
 
-    def __init__(self, resp: aiohttp.ClientResponse, box: str, idle: float) -> None:
+    def __init__(
+        self, resp: aiohttp.ClientResponse, box: str, idle: float, limit: int = 2**62
+    ) -> None:
         self._resp = resp
+        self._limit = limit  # bytes of a body read whole
+        self._body: bytes | None = None  # read ahead by ``peek``
         self.box = box
         self.status = resp.status
         self.content_type = resp.headers.get("content-type", "")
@@ -86,9 +99,32 @@ class Response:
                 f"box {self.box} broke off the response: {exc}", box=self.box
             ) from exc
 
+    async def peek(self, limit: int) -> bytes:
+        """The whole body if it is at most ``limit`` bytes (kept for ``read``), else b""."""
+        length = self._resp.content_length
+        if length is not None and length > limit:
+            return b""
+        body = await self.read()
+        return body if len(body) <= limit else b""
+
     async def read(self) -> bytes:
+        """The whole body, refused (UpstreamBadAnswer) once it passes the box body limit:
+        counted as it arrives, never read whole first. Kept: a second read (the relay,
+        after failover looked at an error answer) gets the same bytes."""
+        if self._body is not None:
+            return self._body
+        limit = self._limit
+        length = self._resp.content_length
         try:
-            return await self._resp.read()
+            if length is not None and length > limit:
+                raise _too_large(self.box, limit)
+            body = bytearray()
+            while chunk := await self._resp.content.readany():
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large(self.box, limit)
+            self._body = bytes(body)
+            return self._body
         except TimeoutError as exc:
             raise UpstreamTimeout(f"box {self.box} went quiet mid-response", box=self.box) from exc
         except aiohttp.ClientError as exc:
@@ -106,8 +142,15 @@ class Response:
         self._resp.release()
 
 
+def _too_large(box: str, limit: int) -> UpstreamBadAnswer:
+    return UpstreamBadAnswer(
+        f"box {box} answered with a body over {limit} bytes (limits.max_box_body_bytes)", box=box
+    )
+
+
 class Upstream:
-    def __init__(self, timeouts: Timeouts) -> None:
+    def __init__(self, timeouts: Timeouts, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
         self._timeouts = timeouts
         self._session: aiohttp.ClientSession | None = None
         self._timeout_cache: dict[float, aiohttp.ClientTimeout] = {}
@@ -159,23 +202,48 @@ class Upstream:
         assert self._session is not None, "Upstream.open() was not awaited"
         try:
             resp = await self._session.request(
-                method, url, data=_payload(body), headers=headers, timeout=self._timeout(first_byte)
+                method,
+                url,
+                data=_payload(body),
+                headers=headers,
+                timeout=self._timeout(first_byte),
+                # A box's redirect is its error: following it would send the client's
+                # request (prompt, key) wherever the box points.
+                allow_redirects=False,
             )
         except TimeoutError as exc:
             raise UpstreamTimeout(f"box {box} did not answer in time", box=box) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"box {box} is unreachable: {_reason(exc)}", box=box) from exc
-        return Response(resp, box, self._timeouts.idle)
+        if 300 <= resp.status < 400:
+            where = resp.headers.get("location", "")
+            resp.close()
+            raise UpstreamBadAnswer(
+                f"box {box} answered a redirect ({resp.status}"
+                f"{' to ' + where[:200] if where else ''}); ollamux does not follow redirects",
+                box=box,
+            )
+        return Response(resp, box, self._timeouts.idle, self.limits.max_box_body_bytes)
 
     async def get_json(self, box: str, url: str, headers: Mapping[str, str], timeout: float) -> Any:
-        """A small GET whose JSON body is wanted (probes); raises UpstreamError on non-2xx."""
-        resp = await self.send(box, "GET", url, headers=headers, first_byte=timeout)
+        """A small GET whose JSON body is wanted (probes); raises UpstreamError on non-2xx.
+        One deadline covers it all: a box trickling its answer a byte at a time (no read
+        ever idle for long) is as late as one that says nothing."""
+        resp: Response | None = None
         try:
             async with asyncio.timeout(timeout):
-                body = await resp._resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            resp.close()
-            raise UpstreamError(f"box {box}: {url} broke off: {_reason(exc)}", box=box) from exc
+                resp = await self.send(box, "GET", url, headers=headers, first_byte=timeout)
+                body = await resp.read()
+        except TimeoutError as exc:
+            if resp is not None:
+                resp.close()
+            raise UpstreamTimeout(
+                f"box {box}: {url} did not answer within {timeout:g} s", box=box
+            ) from exc
+        except UpstreamError:
+            if resp is not None:
+                resp.close()
+            raise
         if resp.status >= 300:
             raise UpstreamBadAnswer(
                 f"box {box}: {url} answered {resp.status}", box=box, status=resp.status

@@ -6,7 +6,9 @@
 
 Failures are what traffic sees before a response could be relayed: refused or reset
 connections, timeouts, 5xx answers (Ollama's "server busy" 503 included). The clock is
-passed in, so the machine is tested without sleeping.
+passed in, so the machine is tested without sleeping. The state is a function of time:
+``tick(now)`` may be called as often as anyone likes (every read of the fleet does), so no
+single timer has to fire at the right instant for an open breaker to half-open.
 """
 
 from __future__ import annotations

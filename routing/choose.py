@@ -114,7 +114,7 @@ def unavailable_reason(fleet: Fleet, model: str) -> str:
     boxes = [b for b in fleet.boxes if model in b.models] or list(fleet.boxes)
     if not boxes:
         return "no box is configured"
-    return "; ".join(_why_not(b) for b in boxes)
+    return "; ".join(_why_not(b, model) for b in boxes)
 
 
 def unseen_boxes(fleet: Fleet) -> list[str]:
@@ -122,19 +122,24 @@ def unseen_boxes(fleet: Fleet) -> list[str]:
     return [b.name for b in fleet.boxes if not b.answered]
 
 
-def _why_not(box: BoxState) -> str:
+def _why_not(box: BoxState, model: str) -> str:
     if not box.reachable:
         why = box.error or ("not probed yet" if box.health == "unknown" else "unreachable")
         return why if why.startswith(f"box {box.name}") else f"box {box.name}: {why}"
     if box.draining:
         return f"box {box.name} is draining"
     if box.breaker is BreakerState.OPEN:
-        return f"box {box.name} failed its last requests (circuit breaker open)"
+        health = f"{box.health} to its probes"
+        return f"box {box.name} failed its last requests (circuit breaker open; {health})"
+    if model in box.failing:
+        return f"box {box.name}: the model is failing there (its own breaker is open)"
     return f"box {box.name} is resting (rate limit, or after a 429) or cannot take this route"
 
 
 def _candidate(box: BoxState, usage: Usage, req: Request, signals: Signals) -> Candidate | None:
     if not box.routable or req.model not in box.models or box.name in req.exclude:
+        return None
+    if req.model in box.failing:  # the model fails on this box (its own breaker is open)
         return None
     if box.name in signals.cooling or signals.utilisation.get(box.name, 0.0) >= 1.0:
         return None

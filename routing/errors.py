@@ -45,6 +45,11 @@ class Unauthorized(ProxyError):
     code = "invalid_api_key"
 
 
+class Forbidden(ProxyError):
+    status = 403
+    code = "forbidden"
+
+
 class ModelNotFound(ProxyError):
     status = 404
     code = "model_not_found"

@@ -7,10 +7,11 @@ and nomyo-router's ``config.yaml``, unchanged, so its users can switch.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
@@ -110,6 +111,7 @@ class ClientKey:
 
     name: str
     key: str = field(repr=False)
+    admin: bool = False  # may also manage the fleet (drain, reload, pull, delete, ...)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,14 @@ class Limits:
     max_body_bytes: int = 64 * 1024 * 1024  # a request body (images are big)
     max_header_bytes: int = 64 * 1024  # a request's headers, names and values together
     max_connections: int = 1024  # client requests served at once, streams included
+    head_timeout: float = 10.0  # seconds for a request head to arrive, from its first byte
+    body_timeout: float = 60.0  # seconds for a request body to arrive, from its head
+    max_connections_per_client: int = 64  # open connections from one client address
+    max_requests_per_client: int = 256  # requests in flight from one client address
+    max_box_body_bytes: int = 128 * 1024 * 1024  # a box's answer read whole (not streamed)
+    max_box_event_bytes: int = 16 * 1024 * 1024  # one line or event of a translated stream
+    # Proxies whose X-Forwarded-For names the client (their own connections are not capped).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,10 @@ def load_settings(path: str | Path) -> Settings:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from exc
     try:
         raw = yaml.safe_load(_VAR.sub(r"__ollamux_env.\1.__", text))
     except yaml.YAMLError as exc:
@@ -239,7 +253,7 @@ def parse_settings(raw: object) -> Settings:
         routing=_parse_routing(raw.get("routing", {})),
         fairness=_parse_section(raw, "fairness", Fairness),
         cors_origins=_parse_cors(raw.get("cors", {})),
-        limits=_parse_section(raw, "limits", Limits),
+        limits=_parse_limits(raw.get("limits", {})),
         shutdown=_parse_section(raw, "shutdown", Shutdown),
     )
 
@@ -252,13 +266,14 @@ def _parse_client_keys(raw: object) -> tuple[ClientKey, ...]:
     for i, entry in enumerate(_list(raw, "auth.api_keys")):
         where = f"auth.api_keys[{i}]"
         if isinstance(entry, dict):
-            _refuse_unknown(entry, {"name", "key"}, f"{where}.")
+            _refuse_unknown(entry, {"name", "key", "admin"}, f"{where}.")
             name, key = entry.get("name"), entry.get("key")
+            admin = _bool(entry, "admin", False, f"{where}.admin")
             if not isinstance(name, str) or not name.strip():
                 raise ConfigError(f"{where}.name has value {name!r}; expected a name")
             if not isinstance(key, str) or not key:
                 raise ConfigError(f"{where}.key must be a non-empty string")
-            keys.append(ClientKey(name.strip(), key))
+            keys.append(ClientKey(name.strip(), key, admin))
         elif isinstance(entry, str):
             if entry:
                 keys.append(ClientKey(f"key-{i + 1}", entry))
@@ -271,6 +286,23 @@ def _parse_client_keys(raw: object) -> tuple[ClientKey, ...]:
     if len({k.key for k in keys}) < len(keys):
         raise ConfigError("auth.api_keys: one key is listed twice")
     return tuple(keys)
+
+
+def _parse_limits(raw: object) -> Limits:
+    section = dict(_mapping(raw, "limits"))
+    proxies = section.pop("trusted_proxies", None)
+    limits = _parse_section({"limits": section}, "limits", Limits)
+    if proxies is None:
+        return limits
+    for i, proxy in enumerate(_list(proxies, "limits.trusted_proxies")):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"limits.trusted_proxies[{i}] has value {_show(proxy)}; expected an IP "
+                "address or network like 10.0.0.0/8"
+            ) from None
+    return replace(limits, trusted_proxies=tuple(proxies))
 
 
 def _parse_cors(raw: object) -> tuple[str, ...]:

@@ -94,6 +94,7 @@ class BoxState:
     # Routes the box answered 404 on where their translation worked (``/v1/responses`` on
     # an older server): they are translated for it until its version changes.
     lacking: frozenset[str] = frozenset()
+    failing: frozenset[str] = frozenset()  # models whose (box, model) breaker is open
 
     @property
     def routable(self) -> bool:

@@ -257,3 +257,30 @@ def test_a_url_whose_path_makes_the_probes_impossible_is_refused(
 def test_a_url_behind_a_reverse_proxy_prefix_is_kept() -> None:
     settings = parse_settings({"endpoints": ["http://10.0.0.1/ollama/"]})
     assert settings.endpoints[0].url == "http://10.0.0.1/ollama"
+
+
+def test_every_section_key_is_in_the_readme_configuration_table() -> None:
+    import dataclasses
+
+    from ollamux.routing import settings as s
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    sections = {
+        "timeouts": s.Timeouts,
+        "probe": s.ProbeIntervals,
+        "queue": s.Queue,
+        "affinity": s.Affinity,
+        "failover": s.Failover,
+        "fairness": s.Fairness,
+        "limits": s.Limits,
+        "shutdown": s.Shutdown,
+        "stats": s.StatsSettings,
+        "routing": s.Routing,
+    }
+    missing = [
+        f"{name}.{f.name}"
+        for name, cls in sections.items()
+        for f in dataclasses.fields(cls)
+        if f"| `{name}.{f.name}` |" not in readme
+    ]
+    assert missing == []

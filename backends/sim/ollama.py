@@ -119,6 +119,9 @@ class Faults:
     tags_fail: bool = False  # /api/tags answers 500
     error_status: int | None = None  # inference answers this status
     pull_error: str | None = None  # /api/pull fails with this error after the first layer
+    # Models that fail to load, and the error: Ollama answers such a request 500
+    # {"error": "..."} (e.g. "llama runner process has terminated: exit status 2").
+    load_error: dict[str, str] = field(default_factory=dict)
 
 
 class _Job:
@@ -362,6 +365,8 @@ class SimBox:
             return refusal
         job = _Job(await read_object(request), chat, started_ns)
         self._known(job.model)
+        if job.name in self.faults.load_error:
+            return error_response(500, self.faults.load_error[job.name])
         if job.is_load:
             return await self._load_or_unload(job)
         if self._remote(job.name):  # forwarded to the cloud: no local slot, no queue

@@ -20,6 +20,7 @@ from ollamux.backends.relay import Translator
 from ollamux.backends.translate.common import (
     EVENT_STREAM,
     JSON,
+    Chain,
     SSEReader,
     arguments_object,
     error_message,
@@ -164,6 +165,9 @@ class OpenAIToAnthropic:
         self._tools: dict[int, int] = {}  # OpenAI tool call index -> block index
         self._finish: object = None
         self._usage: object = None
+
+    def limit_events(self, limit: int) -> None:
+        self._events.limit = limit
 
     def content_type(self, status: int, upstream: str) -> str:
         return EVENT_STREAM if self._stream and status < 400 else JSON
@@ -339,6 +343,9 @@ def _finale(reason: str, counts: Mapping[str, int], edits: bool) -> bytes:
 class CountFromOpenAI:
     """A one-token chat completion, as ``count_tokens``'s answer: its prompt's size."""
 
+    def limit_events(self, limit: int) -> None:
+        pass  # nothing is buffered
+
     def content_type(self, status: int, upstream: str) -> str:
         return JSON
 
@@ -362,6 +369,9 @@ class AnthropicErrors:
     (streams are never parsed); only an error read whole takes Anthropic's shape, for a
     box (llama-server) whose errors are OpenAI's."""
 
+    def limit_events(self, limit: int) -> None:
+        pass  # nothing is buffered
+
     def content_type(self, status: int, upstream: str) -> str:
         return upstream if status < 400 else JSON
 
@@ -373,31 +383,6 @@ class AnthropicErrors:
 
     def whole(self, status: int, body: bytes) -> bytes:
         return body if status < 400 else anthropic_error(status, body)
-
-    def broken(self, error: ProxyError) -> bytes:
-        """A stream the box broke off ends with Anthropic's own ``error`` event."""
-        return error_event(error.status, error.message)
-
-
-class Chain:
-    """Two translators one after the other: Ollama's answer -> OpenAI's -> Anthropic's."""
-
-    def __init__(self, first: Translator, second: Translator) -> None:
-        self._first = first
-        self._second = second
-
-    def content_type(self, status: int, upstream: str) -> str:
-        return self._second.content_type(status, self._first.content_type(status, upstream))
-
-    def chunk(self, data: bytes) -> bytes:
-        middle = self._first.chunk(data)
-        return self._second.chunk(middle) if middle else b""
-
-    def end(self) -> bytes:
-        return self._second.chunk(self._first.end()) + self._second.end()
-
-    def whole(self, status: int, body: bytes) -> bytes:
-        return self._second.whole(status, self._first.whole(status, body))
 
     def broken(self, error: ProxyError) -> bytes:
         """A stream the box broke off ends with Anthropic's own ``error`` event."""

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from ollamux.routing.errors import BadRequest
+from ollamux.backends.relay import Breakable, Translator
+from ollamux.routing.errors import BadRequest, ProxyError, UpstreamBadAnswer
 
 SSE_DONE = b"data: [DONE]\n\n"
 NDJSON = "application/x-ndjson"
@@ -297,11 +298,43 @@ def ndjson(obj: object) -> bytes:
     return orjson.dumps(obj) + b"\n"
 
 
-class SSEReader:
-    """Server-sent events arriving in arbitrary pieces, as the data of whole events."""
+# -- what a box's answer may be --------------------------------------------------------
 
-    def __init__(self) -> None:
+MAX_EVENT_BYTES = 16 * 2**20  # limits.max_box_event_bytes' default
+# What a box answer of an unexpected shape makes the conversion code raise: caught at each
+# translator's boundary and turned into an error for the client, never a crash.
+MALFORMED: tuple[type[Exception], ...] = (
+    TypeError,
+    ValueError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    struct.error,
+    UpstreamBadAnswer,
+)
+
+
+def untranslatable(exc: Exception) -> UpstreamBadAnswer:
+    if isinstance(exc, UpstreamBadAnswer):
+        return exc
+    what = f"{type(exc).__name__}: {exc}"[:200]
+    return UpstreamBadAnswer(f"the box's answer could not be translated ({what})", box="")
+
+
+def event_too_large(limit: int) -> UpstreamBadAnswer:
+    return UpstreamBadAnswer(
+        f"the box sent a stream event over {limit} bytes (limits.max_box_event_bytes)", box=""
+    )
+
+
+class SSEReader:
+    """Server-sent events arriving in arbitrary pieces, as the data of whole events. An
+    event that grows past ``limit`` bytes unended is the box's error, not a bigger buffer."""
+
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self._buffer = b""
+        self.limit = limit
 
     def feed(self, data: bytes) -> Iterator[str]:
         # On the whole buffer: a CRLF may be split between two pieces.
@@ -311,6 +344,9 @@ class SSEReader:
             lines = [ln[5:].removeprefix(b" ") for ln in event.split(b"\n") if ln[:5] == b"data:"]
             if lines:
                 yield b"\n".join(lines).decode("utf-8", "replace")
+        if len(self._buffer) > self.limit:
+            self._buffer = b""
+            raise event_too_large(self.limit)
 
     def rest(self) -> Iterator[str]:
         """An event the box did not end with a blank line before closing."""
@@ -321,12 +357,16 @@ class SSEReader:
 class LineReader:
     """NDJSON arriving in arbitrary pieces, as parsed objects of whole lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self._buffer = b""
+        self.limit = limit
 
     def feed(self, data: bytes) -> Iterator[Any]:
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > self.limit:
+            self._buffer = b""
+            raise event_too_large(self.limit)
         yield from _objects(lines)
 
     def rest(self) -> Iterator[Any]:
@@ -395,3 +435,37 @@ class WholeBody:
 
     def end(self) -> bytes:
         return b""
+
+    def limit_events(self, limit: int) -> None:
+        pass  # nothing is buffered
+
+
+class Chain:
+    """Two translators in a row: the box's answer through ``first``, then ``second``
+    (Ollama's /api/chat -> OpenAI's chat completions -> Anthropic's or the Responses
+    API's). A broken stream ends the way ``second``'s API ends one."""
+
+    def __init__(self, first: Translator, second: Translator) -> None:
+        self._first = first
+        self._second = second
+
+    def limit_events(self, limit: int) -> None:
+        self._first.limit_events(limit)
+        self._second.limit_events(limit)
+
+    def content_type(self, status: int, upstream: str) -> str:
+        return self._second.content_type(status, self._first.content_type(status, upstream))
+
+    def chunk(self, data: bytes) -> bytes:
+        middle = self._first.chunk(data)
+        return self._second.chunk(middle) if middle else b""
+
+    def end(self) -> bytes:
+        return self._second.chunk(self._first.end()) + self._second.end()
+
+    def whole(self, status: int, body: bytes) -> bytes:
+        return self._second.whole(status, self._first.whole(status, body))
+
+    def broken(self, error: ProxyError) -> bytes:
+        second = self._second
+        return second.broken(error) if isinstance(second, Breakable) else b""

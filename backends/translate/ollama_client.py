@@ -16,6 +16,8 @@ import orjson
 
 from ollamux.backends.translate.common import (
     JSON,
+    MALFORMED,
+    MAX_EVENT_BYTES,
     NDJSON,
     SSEReader,
     WholeBody,
@@ -33,6 +35,7 @@ from ollamux.backends.translate.common import (
     openai_tool_call,
     response_format,
     think_effort,
+    untranslatable,
 )
 from ollamux.routing.errors import BadRequest
 
@@ -223,13 +226,19 @@ class OpenAIToOllama:
     carries the reason and the token counts (from the box's usage chunk and timings)."""
 
     def __init__(
-        self, model: str, *, stream: bool, generate: bool, clock: Callable[[], str] = now_iso
+        self,
+        model: str,
+        *,
+        stream: bool,
+        generate: bool,
+        clock: Callable[[], str] = now_iso,
+        max_event: int = MAX_EVENT_BYTES,
     ) -> None:
         self._model = model
         self._stream = stream
         self._generate = generate
         self._clock = clock
-        self._events = SSEReader()
+        self._events = SSEReader(max_event)
         self._calls: dict[int, dict[str, Any]] = {}  # tool calls being streamed, by index
         self._reason: object = None
         self._usage: object = None
@@ -239,12 +248,35 @@ class OpenAIToOllama:
     def content_type(self, status: int, upstream: str) -> str:
         return NDJSON if self._stream and status < 400 else JSON
 
+    def limit_events(self, limit: int) -> None:
+        self._events.limit = limit
+
     def chunk(self, data: bytes) -> bytes:
-        return b"".join(self._event(payload) for payload in self._events.feed(data))
+        if self._finished:
+            return b""
+        out = b""
+        try:
+            for payload in self._events.feed(data):
+                out += self._event(payload)
+        except MALFORMED as exc:
+            return out + self._broken(exc)
+        return out
 
     def end(self) -> bytes:
-        rest = b"".join(self._event(payload) for payload in self._events.rest())
-        return rest + self._finish()
+        out = b""
+        try:
+            for payload in self._events.rest():
+                out += self._event(payload)
+            return out + self._finish()
+        except MALFORMED as exc:
+            return out + self._broken(exc)
+
+    def _broken(self, exc: Exception) -> bytes:
+        """The stream ends here, with a last line saying why."""
+        if self._finished:
+            return b""
+        self._finished = True
+        return ndjson({"error": untranslatable(exc).message})
 
     def whole(self, status: int, body: bytes) -> bytes:
         if status >= 400:
@@ -252,9 +284,14 @@ class OpenAIToOllama:
         doc = loads_object(body)
         if doc is None:
             return ollama_error(body)
-        created = iso_from_unix(doc.get("created"))
-        answer = ollama_answer(doc, model=self._model, generate=self._generate, created_at=created)
-        return ndjson(answer) if self._stream else orjson.dumps(answer)
+        try:
+            created = iso_from_unix(doc.get("created"))
+            answer = ollama_answer(
+                doc, model=self._model, generate=self._generate, created_at=created
+            )
+            return ndjson(answer) if self._stream else orjson.dumps(answer)
+        except MALFORMED as exc:
+            raise untranslatable(exc) from exc
 
     def _event(self, payload: str) -> bytes:
         if self._finished:
@@ -327,7 +364,10 @@ class EmbeddingsToOllama(WholeBody):
         doc = loads_object(body)
         if doc is None or not isinstance(doc.get("data"), list):
             return ollama_error(body)
-        return orjson.dumps(ollama_embeddings(doc, model=self._model, legacy=self._legacy))
+        try:
+            return orjson.dumps(ollama_embeddings(doc, model=self._model, legacy=self._legacy))
+        except MALFORMED as exc:
+            raise untranslatable(exc) from exc
 
 
 def ollama_embeddings(doc: Mapping[str, Any], *, model: str, legacy: bool) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import orjson
 from ollamux.backends.translate.common import (
     EVENT_STREAM,
     JSON,
+    MALFORMED,
+    MAX_EVENT_BYTES,
     SSE_DONE,
     LineReader,
     WholeBody,
@@ -37,6 +39,7 @@ from ollamux.backends.translate.common import (
     openai_usage,
     sse,
     unix_from_iso,
+    untranslatable,
 )
 from ollamux.routing.errors import BadRequest
 
@@ -204,13 +207,14 @@ class OllamaToOpenAI:
         completion: bool,
         include_usage: bool = False,
         ident: Callable[[str], str] = new_id,
+        max_event: int = MAX_EVENT_BYTES,
     ) -> None:
         self._model = model
         self._stream = stream
         self._completion = completion
         self._include_usage = include_usage
         self._id = ident("cmpl" if completion else "chatcmpl")
-        self._lines = LineReader()
+        self._lines = LineReader(max_event)
         self._created = int(time.time())
         self._started = False
         self._calls = 0
@@ -220,12 +224,36 @@ class OllamaToOpenAI:
     def content_type(self, status: int, upstream: str) -> str:
         return EVENT_STREAM if self._stream and status < 400 else JSON
 
+    def limit_events(self, limit: int) -> None:
+        self._lines.limit = limit
+
     def chunk(self, data: bytes) -> bytes:
-        return b"".join(self._line(doc) for doc in self._lines.feed(data))
+        if self._finished:
+            return b""
+        out = b""
+        try:
+            for doc in self._lines.feed(data):
+                out += self._line(doc)
+        except MALFORMED as exc:
+            return out + self._broken(exc)
+        return out
 
     def end(self) -> bytes:
-        rest = b"".join(self._line(doc) for doc in self._lines.rest())
-        return rest if self._finished else rest + SSE_DONE
+        out = b""
+        try:
+            for doc in self._lines.rest():
+                out += self._line(doc)
+        except MALFORMED as exc:
+            return out + self._broken(exc)
+        return out if self._finished else out + SSE_DONE
+
+    def _broken(self, exc: Exception) -> bytes:
+        """The stream ends here, with an error event saying why."""
+        if self._finished:
+            return b""
+        self._finished = True
+        error = {"message": untranslatable(exc).message, "type": "api_error", "code": 502}
+        return sse({"error": error}) + SSE_DONE
 
     def whole(self, status: int, body: bytes) -> bytes:
         if status >= 400:
@@ -235,10 +263,13 @@ class OllamaToOpenAI:
             return openai_error(502, body)
         if self._stream:  # the box answered whole though asked to stream
             return self.chunk(body + b"\n") + self.end()
-        answer = openai_answer(
-            final, model=self._model, completion=self._completion, ident=self._id
-        )
-        return orjson.dumps(answer)
+        try:
+            answer = openai_answer(
+                final, model=self._model, completion=self._completion, ident=self._id
+            )
+            return orjson.dumps(answer)
+        except MALFORMED as exc:
+            raise untranslatable(exc) from exc
 
     def _line(self, doc: Mapping[str, Any]) -> bytes:
         if self._finished or not isinstance(doc, dict):
@@ -320,7 +351,10 @@ class OllamaToEmbeddings(WholeBody):
         doc = loads_object(body)
         if doc is None or not isinstance(doc.get("embeddings"), list):
             return openai_error(502, body)
-        return orjson.dumps(openai_embeddings(doc, model=self._model, base64=self._base64))
+        try:
+            return orjson.dumps(openai_embeddings(doc, model=self._model, base64=self._base64))
+        except MALFORMED as exc:
+            raise untranslatable(exc) from exc
 
 
 def openai_embeddings(doc: Mapping[str, Any], *, model: str, base64: bool) -> dict[str, Any]:

@@ -29,7 +29,7 @@ OPENAI_KINDS = frozenset({"llama-server", "openai"})
 OLLAMA_KINDS = frozenset({"ollama"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Routed:
     plan: Plan
     kinds: frozenset[str] | None = None  # None: any kind of box can serve it
@@ -123,12 +123,12 @@ def for_openai_client(path: str, body: bytes, doc: dict[str, Any], model: str, k
     def same(box: BoxState) -> Outbound:
         return Outbound(path, with_model(body, doc, own_id(box, key, model), model))
 
-    convert = _openai_converter(path)
     converted: list[tuple[str, dict[str, Any]]] = []
 
     def translated() -> tuple[str, dict[str, Any]]:
+        """The request in Ollama's shape, made the first time a box needs it."""
         if not converted:
-            converted.append(convert(doc))
+            converted.append(_openai_converter(path)(doc))
         return converted[0]
 
     def plan(box: BoxState) -> Outbound:

@@ -20,6 +20,7 @@ import orjson
 from ollamux.backends.relay import Outbound, Translator
 from ollamux.backends.translate import openai_client as to_ollama
 from ollamux.backends.translate import responses as rsp
+from ollamux.backends.translate.common import Chain
 from ollamux.backends.translate.models import own_id
 from ollamux.backends.translate.plans import Routed, with_model
 from ollamux.backends.translate.responses_stream import ChatToResponses
@@ -89,28 +90,16 @@ def for_responses_client(
     return Routed(plan, error=errors[0] if errors else None, unable=unable)
 
 
-class Chained:
-    """Two translators in a row: the box's answer through ``first``, then ``second``
-    (Ollama -> chat completions -> Responses)."""
+class Chained(Chain):
+    """Ollama -> chat completions -> Responses; a whole answer the first made a stream
+    (asked to stream, the box answered whole) goes through the second as one."""
 
     def __init__(self, first: Translator, second: ChatToResponses) -> None:
-        self._first = first
-        self._second = second
-
-    def content_type(self, status: int, upstream: str) -> str:
-        return self._second.content_type(status, self._first.content_type(status, upstream))
-
-    def chunk(self, data: bytes) -> bytes:
-        return self._second.chunk(self._first.chunk(data))
-
-    def end(self) -> bytes:
-        return self._second.chunk(self._first.end()) + self._second.end()
+        super().__init__(first, second)
+        self._responses = second
 
     def whole(self, status: int, body: bytes) -> bytes:
         middle = self._first.whole(status, body)
-        if status < 400 and self._second.streaming:  # the first made it a stream
-            return self._second.chunk(middle) + self._second.end()
-        return self._second.whole(status, middle)
-
-    def broken(self, error: Any) -> bytes:
-        return self._second.broken(error)
+        if status < 400 and self._responses.streaming:
+            return self._responses.chunk(middle) + self._responses.end()
+        return self._responses.whole(status, middle)

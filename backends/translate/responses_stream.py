@@ -103,6 +103,9 @@ class ChatToResponses:
 
     # -- the relay's Translator -------------------------------------------------------
 
+    def limit_events(self, limit: int) -> None:
+        self._events.limit = limit
+
     def content_type(self, status: int, upstream: str) -> str:
         return EVENT_STREAM if self._stream and status < 400 else JSON
 

@@ -11,6 +11,10 @@ middleware gathers that in one pass over the headers and acts on it. Keys are co
 as SHA-256 digests with ``hmac.compare_digest``, every configured key every time, so the
 time taken says nothing about which key nearly matched. The key's name goes into
 ``request.state.key_name`` (fair share counts users by it) and the debug log.
+
+Beyond a valid key (``auth_checks``): a client that sends wrong keys backs off (429,
+logged), a cookie-authorized write must come from this origin as JSON (CSRF), and the
+routes that manage the fleet take an ``admin: true`` key (403 otherwise).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import enum
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -32,14 +37,24 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ollamux.routing.api import STATIC
-from ollamux.routing.errors import BadRequest, ProxyError, Unauthorized
-from ollamux.routing.settings import ClientKey
+from ollamux.routing.api.auth_checks import SAFE_METHODS, Throttle, cross_site, manages
+from ollamux.routing.api.connections import Network, client_address, trusted_networks
+from ollamux.routing.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    ProxyError,
+    TooManyRequests,
+    Unauthorized,
+)
+from ollamux.routing.settings import ClientKey, Limits
 
 log = logging.getLogger("ollamux.auth")
 
 COOKIE = "ollamux_session"
 SESSION_TTL = 12 * 3600.0  # seconds a dashboard login lasts
 MAX_SESSIONS = 10_000  # the oldest go first beyond this
+_LOGIN_MAX = 4096  # bytes of a login body
 _LOGIN_PAGE = STATIC / "login.html"
 _LOGIN_CSP = (
     "default-src 'none'; style-src 'self'; form-action 'self'; base-uri 'none'; "
@@ -95,6 +110,7 @@ class Keys:
     def __init__(self, keys: Sequence[ClientKey]) -> None:
         self._digests = tuple((_digest(k.key.encode()), k.name) for k in keys)
         self.names = frozenset(k.name for k in keys)
+        self.admins = frozenset(k.name for k in keys if k.admin)
 
     def __bool__(self) -> bool:
         return bool(self._digests)
@@ -154,12 +170,54 @@ class Auth:
     sessions a revoked key opened) and switches auth on or off."""
 
     def __init__(
-        self, current: Callable[[], Sequence[ClientKey]], sessions: Sessions | None = None
+        self,
+        current: Callable[[], Sequence[ClientKey]],
+        sessions: Sessions | None = None,
+        limits: Callable[[], Limits] = Limits,
     ) -> None:
         self._current = current
         self._source: Sequence[ClientKey] = ()
         self._keys = Keys(())
         self.sessions = sessions or Sessions()
+        self.throttle = Throttle()
+        self._limits = limits
+        self._networks: tuple[Limits, tuple[Network, ...]] | None = None
+
+    def client(self, scope: Scope) -> str:
+        """Who is asking, for the failed-auth back-off (X-Forwarded-For from trusted
+        proxies, as the per-client limits count)."""
+        limits = self._limits()
+        if self._networks is None or self._networks[0] is not limits:
+            self._networks = (limits, trusted_networks(limits))
+        forwarded = None
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                forwarded = value if forwarded is None else forwarded + b"," + value
+        peer = scope.get("client")
+        return client_address(peer[0] if peer else None, forwarded, self._networks[1])
+
+    def refused(self, scope: Scope) -> TooManyRequests | None:
+        """A 429 for a client in its back-off after failed keys, else None."""
+        wait = self.throttle.wait(self.client(scope))
+        if wait <= 0:
+            return None
+        return TooManyRequests(
+            f"too many failed API keys from this client: wait {math.ceil(wait)} s",
+            retry_after=math.ceil(wait),
+        )
+
+    def failed(self, scope: Scope, how: str) -> None:
+        client = self.client(scope)
+        count = self.throttle.failed(client)
+        log.warning(
+            "auth failed from %s (%s): %d in a row%s",
+            client,
+            how,
+            count,
+            f", backing off {self.throttle.wait(client):g} s"
+            if count >= self.throttle.free
+            else "",
+        )
 
     @property
     def keys(self) -> Keys:
@@ -192,27 +250,46 @@ class AuthMiddleware:
                 cookie = value
             elif name == b"accept":
                 html = b"text/html" in value
-        path = scope["path"]
+        path, method = scope["path"], scope["method"]
+        if key and (method, path) not in _OPEN:
+            throttled = self.auth.refused(scope)
+            if throttled is not None:  # not even checked: guessing costs time
+                await self.render(Request(scope), throttled)(scope, receive, send)
+                return
         key_name = keys.name_of(key) if key else None
         session_name = None
         if key_name is None and cookie is not None and cookie_path(path):
             token = session_token(cookie)
             session_name = self.auth.sessions.name_of(token) if token else None
-        verdict = access(scope["method"], path, key_name, session_name, html)
+        verdict = access(method, path, key_name, session_name, html)
+        refusal: ProxyError | None = None
         if verdict is Access.GRANTED:
             name = key_name or session_name
-            scope.setdefault("state", {})["key_name"] = name
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s %s: key %s", scope["method"], path, name)
+            if key_name is not None:
+                self.auth.throttle.succeeded(self.auth.client(scope))
+            elif method not in SAFE_METHODS:
+                refusal = cross_site(scope)
+            if refusal is None and manages(method, path) and name not in keys.admins:
+                refusal = Forbidden(
+                    f"{method} {path} manages the fleet: it takes a key with admin: true "
+                    f"(key {name} has none)"
+                )
+            if refusal is None:
+                scope.setdefault("state", {})["key_name"] = name
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s %s: key %s", method, path, name)
         elif verdict is Access.LOGIN:
             await RedirectResponse(_url(scope, "/login"), 303)(scope, receive, send)
             return
         elif verdict is Access.DENIED:
-            error = Unauthorized(
+            if key:
+                self.auth.failed(scope, f"a wrong API key on {method} {path}")
+            refusal = Unauthorized(
                 "the API key is not valid" if key else _MISSING,
                 headers={"WWW-Authenticate": 'Bearer realm="ollamux"'},
             )
-            await self.render(Request(scope), error)(scope, receive, send)
+        if refusal is not None:
+            await self.render(Request(scope), refusal)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -268,13 +345,18 @@ async def login(request: Request) -> Response:
     """The login form (``key=...``, answered with redirects) or JSON (``{"key": ...}``,
     answered with JSON): a right key opens a session and sets its cookie."""
     auth: Auth = request.app.state.auth
+    throttled = auth.refused(request.scope)
+    if throttled is not None:
+        raise throttled
     form = not request.headers.get("content-type", "").startswith("application/json")
-    key = _presented_key(await request.body(), form)
+    key = _presented_key(await _small_body(request), form)
     name = auth.keys.name_of(key.encode()) if key else None
     if name is None:
+        auth.failed(request.scope, "a wrong key at the dashboard's login")
         if form:
             return RedirectResponse(_url(request.scope, "/login?failed"), 303)
         raise Unauthorized("the API key is not valid")
+    auth.throttle.succeeded(auth.client(request.scope))
     token = auth.sessions.open(name)
     log.info("dashboard login with key %s", name)
     response: Response
@@ -308,9 +390,28 @@ async def logout(request: Request) -> Response:
     return response
 
 
+async def _small_body(request: Request) -> bytes:
+    """The login's body, refused (413) the moment it passes ``_LOGIN_MAX`` bytes: never
+    read whole first, whatever its ``Content-Length`` says (or does not)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > _LOGIN_MAX:
+        raise _login_too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _LOGIN_MAX:
+            raise _login_too_large()
+    return bytes(body)
+
+
+def _login_too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"a login is a key, not a document (over {_LOGIN_MAX} bytes)",
+        headers={"Connection": "close"},
+    )
+
+
 def _presented_key(body: bytes, form: bool) -> str | None:
-    if len(body) > 4096:
-        raise BadRequest("a login is a key, not a document")
     if form:
         values = parse_qs(body.decode("utf-8", "replace")).get("key", [])
         return values[0] if values else None

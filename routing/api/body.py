@@ -52,6 +52,11 @@ def require_model(doc: dict[str, Any], field: str = "model") -> str:
     return model
 
 
+def kind_of(value: object) -> str:
+    """How an error names a JSON value's type."""
+    return _kind(value)
+
+
 def _kind(value: object) -> str:
     if value is None:
         return "null"

@@ -17,6 +17,7 @@ from ollamux.backends.translate.plans import for_openai_client
 from ollamux.routing.api.body import parse_object, require_model
 from ollamux.routing.api.forward import JSON, proxy, services
 from ollamux.routing.api.services import Services
+from ollamux.routing.api.validate import validate_chat
 from ollamux.routing.choose import unavailable_reason
 from ollamux.routing.errors import BadRequest, ModelNotFound, NoCapacity
 from ollamux.routing.state import Fleet
@@ -40,8 +41,8 @@ async def read_body(request: Request, path: str) -> tuple[bytes, dict[str, Any]]
     where routing or translation depends on it."""
     body = await request.body()
     doc = parse_object(body, OPENAI_TYPES)
-    if path == CHAT and not isinstance(doc.get("messages"), list):
-        raise BadRequest("messages must be an array")
+    if path == CHAT:
+        validate_chat(doc)
     if path == COMPLETIONS and "prompt" not in doc:
         raise BadRequest("prompt is required")
     if path == EMBEDDINGS and "input" not in doc:

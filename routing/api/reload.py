@@ -57,9 +57,15 @@ class Reloader:
         return changes
 
     def _reload_quietly(self) -> None:
-        """The watcher's and SIGHUP's reload: a refusal is logged, never raised."""
-        with contextlib.suppress(ConfigError):
+        """The watcher's and SIGHUP's reload: a refusal is logged, never raised, and
+        whatever the file holds, the watcher outlives it."""
+        try:
             self.reload()
+        except ConfigError:
+            pass  # logged where it was refused
+        except Exception:
+            self.refused += 1
+            log.exception("config %s refused, the running config stays", self.path)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._watch())

@@ -8,7 +8,11 @@ parsing and socket work on one Rust thread. The default was chosen by measuremen
 Limits and shutdown, per server (README "Security and limits"):
 
 - ``limits.max_header_bytes``: granian's HTTP/1 read buffer (hyper answers 431 beyond);
-  uvicorn's httptools parser has no such bound, so the app's middleware refuses (431).
+  with uvicorn, ``routing.api.connections`` counts the head as it arrives and refuses it
+  (431) before it is buffered whole; the app's middleware checks the parsed headers too.
+- ``limits.head_timeout``, ``body_timeout``, ``max_connections_per_client`` (slow or greedy
+  clients): uvicorn runs ``routing.api.connections``' protocol, which enforces them while
+  reading. granian has no per-connection hooks: only its own read timeouts apply there.
 - ``limits.max_connections``: the app answers 503 beyond it (routing.api.client_limits); the
   server caps open connections, idle keep-alive ones included, at twice that (uvicorn:
   ``limit_concurrency``, a plain 503 and close; granian: ``backpressure``, not accepted).
@@ -28,6 +32,7 @@ from typing import Any, Literal, get_args
 
 import uvicorn
 
+from ollamux.routing.api.connections import Guard
 from ollamux.routing.settings import Limits
 
 ServerName = Literal["uvicorn", "granian"]
@@ -43,17 +48,19 @@ async def serve(
     log_level: str,
     server: ServerName,
     *,
-    limits: Limits | None = None,
+    limits: Limits | Callable[[], Limits] | None = None,
     grace: float = 30.0,
     on_stop: Callable[[], None] = lambda: None,
 ) -> None:
     """Serve ``app`` on ``host:port`` until SIGINT or SIGTERM; then stop accepting, tell
     ``on_stop`` and let the requests in flight finish."""
-    limits = limits or Limits()
+    current = limits if callable(limits) else (lambda: limits or Limits())
     if server == "granian":
-        await _granian(app, host, port, log_level, limits, on_stop)
+        await _granian(app, host, port, log_level, current(), on_stop)
     else:
-        await _uvicorn(app, host, port, log_level, limits, grace, on_stop)
+        config = uvicorn_config(app, current, host=host, port=port, log_level=log_level)
+        config.timeout_graceful_shutdown = int(grace + _CUT_AFTER)
+        await _Uvicorn(config, on_stop).serve()
 
 
 class _Uvicorn(uvicorn.Server):
@@ -70,29 +77,29 @@ class _Uvicorn(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-async def _uvicorn(
+def uvicorn_config(
     app: Any,
-    host: str,
-    port: int,
-    log_level: str,
-    limits: Limits,
-    grace: float,
-    on_stop: Callable[[], None],
-) -> None:
-    config = uvicorn.Config(
+    limits: Callable[[], Limits],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+) -> uvicorn.Config:
+    """uvicorn as ollamux runs it: uvloop, httptools behind the connection guard (read
+    deadlines, head size while reading, connections per client), the concurrency cap."""
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
         access_log=False,  # per-request logging costs more than the routing itself
         server_header=False,
-        proxy_headers=False,  # nothing reads the client address: one middleware fewer
+        proxy_headers=False,  # the guard and the app read X-Forwarded-For themselves
         loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=int(grace + _CUT_AFTER),
-        limit_concurrency=2 * limits.max_connections,
+        http=Guard(limits).protocol(),
+        ws="none",  # no route upgrades: an Upgrade header must not leave the guard's protocol
+        limit_concurrency=2 * limits().max_connections,
     )
-    await _Uvicorn(config, on_stop).serve()
 
 
 async def _granian(

@@ -43,7 +43,7 @@ class Services:
         self.endpoints = {ep.name: ep for ep in settings.endpoints}
         self._retiring: set[str] = set()  # removed from the config, draining
         self.aliases, self.patterns = split_aliases(settings.aliases)
-        self.upstream = Upstream(settings.timeouts)
+        self.upstream = Upstream(settings.timeouts, settings.limits)
         self.metrics = Metrics(self.snapshot)
         self.stats = Stats(settings.stats, self.metrics, self.snapshot)
         self.ledger = Ledger(on_change=self._usage_changed)
@@ -94,6 +94,7 @@ class Services:
         self.aliases, self.patterns = split_aliases(settings.aliases)
         self.endpoints = {**old, **new}  # removed boxes stay known until they retire
         self.upstream.retime(settings.timeouts)
+        self.upstream.limits = settings.limits
         removed = self.prober.reconfigure(settings, adapters(self.aliases))
         self._retiring = (self._retiring - new.keys()) | set(removed)
         self.dispatcher.reconfigure(settings)
@@ -141,6 +142,8 @@ class Services:
                 other = instead(answer)
                 return None if other is None else self._target(box, other)
 
+        if out.translator is not None:
+            out.translator.limit_events(self.settings.limits.max_box_event_bytes)
         url, key = ep.url + out.path, ep.api_key
         return Target(box, url, key, out.body, out.translator, fallback, out.path)
 
@@ -188,6 +191,7 @@ class Services:
             path=path,
             max_attempts=self.settings.failover.max_attempts if slot else 1,
             on_failure=self._failed,
+            on_model_failure=self._model_failed,
             on_refused=self._refused,
             on_done=done,
             on_unsupported=self.prober.lacks,
@@ -204,6 +208,10 @@ class Services:
         self.prober.report(box, ok=False)
         self.prober.poke(box)
 
+    def _model_failed(self, box: str, model: str) -> None:
+        """The box named the model in its error: the (box, model) is to blame."""
+        self.prober.report_model(box, model, ok=False)
+
     def _done(self, outcome: Outcome, user: str) -> None:
         counts = self.stats.finished(outcome)
         if outcome.box and outcome.sent is not None and outcome.status < 400:
@@ -215,6 +223,7 @@ class Services:
                 # A success closes the breaker; a stream that broke was already reported
                 # as a failure by the relay, when it broke.
                 self.prober.report(outcome.box, ok=True)
+                self.prober.report_model(outcome.box, outcome.model, ok=True)
             box = self.prober.fleet.by_name.get(outcome.box)
             if box is not None and outcome.model not in box.loaded:
                 # It loaded the model (and may have evicted another): look now, not in 2 s.

@@ -39,6 +39,7 @@ class EndpointStatus(TypedDict):
     version: str | None
     error: str | None
     lacking: list[str]  # routes it answered 404 on, translated for it since
+    failing: list[str]  # models whose own breaker is open on this box
     models: list[ModelStatus]
 
 
@@ -132,6 +133,7 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> EndpointStatu
         "kind": box.kind,
         "health": str(box.health),
         "breaker": str(box.breaker),
+        "failing": sorted(box.failing),  # models whose (box, model) breaker is open
         "draining": box.draining,
         "version": box.version,
         "error": box.error,
