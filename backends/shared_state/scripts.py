@@ -10,28 +10,74 @@ room" is one step no other replica can interleave with.
 
 from __future__ import annotations
 
-# KEYS: the candidates' slot sets, best first, then the index of slot sets.
-# ARGV: lease id, ttl (ms), then each candidate's slots.
-# Returns {picked (1-based; 0: none had room), {count per candidate after the script}}.
+# KEYS: the candidates' slot sets, best first, the index of slot sets, the model's
+# waiting room (a sorted set of tickets) and the tickets' expiries.
+# ARGV: lease id, ttl (ms), ticket ('' for a request that has not waited), its score
+# (priority, then fair share; arrival breaks ties by name), then each candidate's slots.
+# The waiting room's global order: a request takes a slot only while the candidates
+# have more free slots than there are tickets ahead of it, wherever those wait.
+# Returns {picked (1-based; 0: none), {count per candidate after the script}, ahead}.
 RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS - 1
+local n = #KEYS - 3
+local room, tickets = KEYS[n + 2], KEYS[n + 3]
 local counts = {}
-local picked = 0
+local free = 0
 for i = 1, n do
-  local key = KEYS[i]
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  local c = redis.call('ZCARD', key)
-  if picked == 0 and c < tonumber(ARGV[i + 2]) then
-    redis.call('ZADD', key, now + tonumber(ARGV[2]), ARGV[1])
-    redis.call('SADD', KEYS[n + 1], key)
-    c = c + 1
-    picked = i
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  counts[i] = redis.call('ZCARD', KEYS[i])
+  local slots = tonumber(ARGV[i + 4])
+  if counts[i] < slots then
+    free = free + slots - counts[i]
   end
-  counts[i] = c
 end
-return {picked, counts}
+local ahead = false
+if ARGV[3] ~= '' then
+  ahead = redis.call('ZRANK', room, ARGV[3])
+end
+if not ahead then
+  ahead = redis.call('ZCOUNT', room, '-inf', ARGV[4])
+end
+local picked = 0
+if free > ahead then
+  for i = 1, n do
+    if counts[i] < tonumber(ARGV[i + 4]) then
+      redis.call('ZADD', KEYS[i], now + tonumber(ARGV[2]), ARGV[1])
+      redis.call('SADD', KEYS[n + 1], KEYS[i])
+      counts[i] = counts[i] + 1
+      picked = i
+      break
+    end
+  end
+  if ARGV[3] ~= '' then
+    redis.call('ZREM', room, ARGV[3])
+    redis.call('ZREM', tickets, room .. '\\n' .. ARGV[3])
+  end
+end
+return {picked, counts, ahead}
+"""
+
+# KEYS: the model's waiting room, the tickets' expiries, the index of waiting rooms.
+# ARGV: ticket, score, ttl (ms).
+ENQUEUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), KEYS[1] .. '\\n' .. ARGV[1])
+redis.call('SADD', KEYS[3], KEYS[1])
+return redis.call('ZRANK', KEYS[1], ARGV[1])
+"""
+
+# KEYS: the model's waiting room, the tickets' expiries. ARGV: ticket, channel.
+# A ticket that leaves without a slot (timed out, client gone): those behind it move up.
+DEQUEUE = """
+local gone = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], KEYS[1] .. '\\n' .. ARGV[1])
+if gone == 1 then
+  redis.call('PUBLISH', ARGV[2], cjson.encode({e = 'moved'}))
+end
+return gone
 """
 
 # KEYS: the lease's slot set. ARGV: lease id, channel, box, model.
@@ -48,8 +94,10 @@ end
 return c
 """
 
-# KEYS: the index of slot sets, the replica registry, then one slot set per live lease.
-# ARGV: ttl (ms), replica name, its record (JSON), then one lease id per slot set.
+# KEYS: the index of slot sets, the replica registry, the tickets' expiries, then one
+# slot set per live lease. ARGV: ttl (ms), replica name, its record (JSON), the number of
+# waiting tickets, those tickets (room \n ticket, as in the expiries), then one lease id
+# per slot set.
 # Puts every live lease back with a fresh expiry (ZADD without XX: a lease lost to a
 # Redis restart or an expiry during a partition is registered again, since its request
 # still runs), records the replica as seen, and returns the server time and the registry.
@@ -57,17 +105,23 @@ HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expiry = now + tonumber(ARGV[1])
-for i = 3, #KEYS do
-  redis.call('ZADD', KEYS[i], expiry, ARGV[i + 1])
+local waiting = tonumber(ARGV[4])
+for i = 1, waiting do
+  redis.call('ZADD', KEYS[3], 'XX', expiry, ARGV[4 + i])
+end
+for i = 4, #KEYS do
+  redis.call('ZADD', KEYS[i], expiry, ARGV[i + 1 + waiting])
   redis.call('SADD', KEYS[1], KEYS[i])
 end
 redis.call('HSET', KEYS[2], ARGV[2], now .. ' ' .. ARGV[3])
 return {now, redis.call('HGETALL', KEYS[2])}
 """
 
-# KEYS: the index of slot sets. ARGV: channel.
-# Drops expired leases everywhere, announces each set that lost some (its waiters may fit
-# now) and returns {set, count, set, count, ...} for the fleet-wide view.
+# KEYS: the index of slot sets, the tickets' expiries, the index of waiting rooms.
+# ARGV: channel.
+# Drops expired leases and tickets everywhere (a dead replica's), announces it if it
+# dropped any (waiters may fit now) and returns {{set, count, ...}, {room, count, ...}}
+# for the fleet-wide view.
 SWEEP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -85,8 +139,24 @@ for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   out[#out + 1] = key
   out[#out + 1] = c
 end
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  local cut = string.find(entry, '\\n', 1, true)
+  redis.call('ZREM', string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1))
+  freed = true
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local rooms = {}
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local c = redis.call('ZCARD', key)
+  if c == 0 then
+    redis.call('SREM', KEYS[3], key)
+  else
+    rooms[#rooms + 1] = key
+    rooms[#rooms + 1] = c
+  end
+end
 if freed then
   redis.call('PUBLISH', ARGV[1], cjson.encode({e = 'sweep'}))
 end
-return out
+return {out, rooms}
 """

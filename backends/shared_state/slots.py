@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,6 +48,20 @@ class Held:
     id: str
     box: str
     model: str
+
+
+@dataclass(eq=False, slots=True)
+class Place:
+    """A waiting request's ticket in its model's fleet-wide waiting room."""
+
+    room: str  # the model's waiting-room key
+    member: str  # arrival, then replica and number: equal scores go in arrival order
+    score: float
+
+
+def score(priority: int, service: float) -> float:
+    """The waiting room's order: priority class first, then the user's recent service."""
+    return priority * 1e12 + min(max(0, int(service)), int(1e12) - 1)
 
 
 def _noop() -> None:
@@ -82,12 +97,16 @@ class RedisSlots:
         self.channel = f"{prefix}:events"
         self._index = f"{prefix}:slotsets"
         self._registry = f"{prefix}:replicas"
+        self._tickets = f"{prefix}:tickets"
+        self._rooms = f"{prefix}:rooms"
         self._ids = itertools.count()
         self._token = secrets.token_hex(4)
         self._live: dict[str, Held] = {}
         self._own: dict[Key, int] = {}  # slots this replica holds
         self._fleet: dict[Key, int] = {}  # fleet-wide, as last heard from Redis
         self._unreleased: dict[str, Held] = {}  # ended while Redis was away
+        self._places: dict[str, Place] = {}  # this replica's waiting tickets
+        self._waiting: dict[str, int] = {}  # fleet-wide, per model
         self._replicas: list[dict[str, Any]] = []
         self._live_replicas = 1
         self.degraded = False
@@ -111,6 +130,10 @@ class RedisSlots:
     def in_flight(self) -> int:
         return len(self._live)
 
+    def waiting(self) -> dict[str, int]:
+        """Requests waiting fleet-wide, per model (as of the last sweep)."""
+        return dict(self._waiting)
+
     def replicas(self) -> list[dict[str, Any]]:
         if not self._replicas:
             return [self._me(None)]
@@ -132,6 +155,8 @@ class RedisSlots:
         self._release = self._client.register_script(scripts.RELEASE)
         self._heartbeat = self._client.register_script(scripts.HEARTBEAT)
         self._sweep = self._client.register_script(scripts.SWEEP)
+        self._enqueue = self._client.register_script(scripts.ENQUEUE)
+        self._dequeue = self._client.register_script(scripts.DEQUEUE)
         try:
             await self._beat()
             await self.sweep()
@@ -161,31 +186,75 @@ class RedisSlots:
 
     # -- slots ------------------------------------------------------------------------
 
-    async def reserve(self, candidates: Sequence[Candidate]) -> tuple[int, Held] | None:
+    async def reserve(
+        self,
+        candidates: Sequence[Candidate],
+        place: Place | None = None,
+        *,
+        priority: int = 1,
+        service: float = 0.0,
+    ) -> tuple[int, Held] | None:
         """Take a slot on the first candidate with room (its index and the lease), or
-        None when every one is full. Candidates come ranked, best first."""
+        None when every one is full or requests that wait anywhere come first: ``place``
+        is this request's ticket if it waits, else ``priority`` and ``service`` say where
+        it would stand. Candidates come ranked, best first, all of one model."""
         if not candidates:
             return None
         lease_id = f"{self.replica}:{self._token}:{next(self._ids)}"
         if not self.degraded:
-            keys = [self._set(box, model) for box, model, _ in candidates]
-            args: list[Any] = [lease_id, self._ttl_ms, *(slots for _, _, slots in candidates)]
+            model = candidates[0][1]
+            keys = [self._set(box, m) for box, m, _ in candidates]
+            keys += [self._index, self._room(model), self._tickets]
+            rank = place.score if place is not None else score(priority, service)
+            args: list[Any] = [lease_id, self._ttl_ms, place.member if place else "", rank]
+            args += [slots for _, _, slots in candidates]
             try:
-                picked, counts = await self._reserve(keys=[*keys, self._index], args=args)
+                picked, counts, _ahead = await self._reserve(keys=keys, args=args)
             except TROUBLE as exc:
                 self._trouble(exc)
             else:
-                for (box, model, _), n in zip(candidates, counts, strict=True):
-                    self._set_count((box, model), int(n))
+                for (box, m, _), n in zip(candidates, counts, strict=True):
+                    self._set_count((box, m), int(n))
                 if not picked:
                     self.on_change()
                     return None
+                if place is not None:
+                    self._places.pop(place.member, None)
                 box, model, _ = candidates[int(picked) - 1]
                 return int(picked) - 1, self._hold(lease_id, box, model)
         for i, (box, model, slots) in enumerate(candidates):
             if self._own.get((box, model), 0) < self.share(slots):
+                if place is not None:
+                    self.leave(place)
                 return i, self._hold(lease_id, box, model)
         return None
+
+    async def enqueue(self, model: str, priority: int, service: float) -> Place:
+        """A ticket in the model's fleet-wide waiting room (kept alive while it waits)."""
+        place = Place(
+            self._room(model),
+            f"{time.time_ns() // 1000:017d}:{self.replica}:{self._token}:{next(self._ids)}",
+            score(priority, service),
+        )
+        self._places[place.member] = place
+        if not self.degraded:
+            try:
+                await self._enqueue(
+                    keys=[place.room, self._tickets, self._rooms],
+                    args=[place.member, place.score, self._ttl_ms],
+                )
+            except TROUBLE as exc:
+                self._trouble(exc)
+        return place
+
+    def leave(self, place: Place) -> None:
+        """The ticket's request stops waiting without a slot (idempotent)."""
+        if self._places.pop(place.member, None) is None or self.degraded:
+            return
+        assert self._client is not None
+        self._spawn(
+            self._dequeue(keys=[place.room, self._tickets], args=[place.member, self.channel])
+        )
 
     def share(self, slots: int) -> int:
         """This replica's slots of a box while Redis is away."""
@@ -232,31 +301,44 @@ class RedisSlots:
         """Drop expired leases everywhere and re-read every count."""
         if self.degraded and not force:
             return
-        flat = await self._sweep(keys=[self._index], args=[self.channel])
+        flat, rooms = await self._sweep(
+            keys=[self._index, self._tickets, self._rooms], args=[self.channel]
+        )
         fresh: dict[Key, int] = {}
         skip = len(self._set("", "")) - len(SEP)
         for raw, n in zip(flat[::2], flat[1::2], strict=True):
             box, _, model = raw.decode()[skip:].partition(SEP)
             if int(n):
                 fresh[(box, model)] = int(n)
+        skip = len(self._room(""))
+        waiting = {
+            raw.decode()[skip:]: int(n) for raw, n in zip(rooms[::2], rooms[1::2], strict=True)
+        }
+        if waiting != self._waiting:
+            self._waiting = waiting
+            self.on_change()
         freed = any(fresh.get(k, 0) < n for k, n in self._fleet.items())
         if fresh != self._fleet:
             self._fleet.clear()
             self._fleet.update(fresh)
             self.on_change()
-        if freed:
-            self.on_freed()
+        if freed or self._places:
+            self.on_freed()  # also a safety net for waiters: one more look a sweep
 
     async def _beat(self, force: bool = False) -> None:
         """Keep every live lease alive; record this replica; read the registry."""
         if self.degraded and not force:
             return
         live = list(self._live.values())
-        keys = [self._index, self._registry, *(self._set(h.box, h.model) for h in live)]
-        record = orjson.dumps({"address": self.address, "leases": len(live)})
-        now, flat = await self._heartbeat(
-            keys=keys, args=[self._ttl_ms, self.replica, record, *(h.id for h in live)]
+        places = [f"{p.room}\n{p.member}" for p in self._places.values()]
+        keys = [self._index, self._registry, self._tickets]
+        keys += [self._set(h.box, h.model) for h in live]
+        record = orjson.dumps(
+            {"address": self.address, "leases": len(live), "waiting": len(places)}
         )
+        args: list[Any] = [self._ttl_ms, self.replica, record, len(places), *places]
+        args += [h.id for h in live]
+        now, flat = await self._heartbeat(keys=keys, args=args)
         self._read_registry(int(now), flat)
 
     def _read_registry(self, now: int, flat: list[bytes]) -> None:
@@ -311,6 +393,8 @@ class RedisSlots:
             self.on_freed()
         elif kind == "sweep":
             self._spawn(self._quietly(self.sweep))
+        elif kind == "moved":
+            self.on_freed()
         elif event.get("r") != self.replica:
             self.on_event(event)
 
@@ -354,6 +438,9 @@ class RedisSlots:
     def _set(self, box: str, model: str) -> str:
         return f"{self._prefix}:slots:{box}{SEP}{model}"
 
+    def _room(self, model: str) -> str:
+        return f"{self._prefix}:waiting:{model}"
+
     def _set_count(self, key: Key, n: int) -> None:
         if n > 0:
             self._fleet[key] = n
@@ -373,6 +460,7 @@ class RedisSlots:
             "name": self.replica,
             "address": self.address,
             "leases": len(self._live),
+            "waiting": len(self._places),
             "last_seen": last_seen,
         }
 

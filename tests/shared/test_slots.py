@@ -162,3 +162,58 @@ async def test_redis_down_falls_back_to_a_share_and_converges(redis_server: Redi
         await until(lambda: not b.degraded, within=6)
         assert (await b.reserve([four])) is not None
         assert await redis_count(redis_server, *four[:2]) == 3
+
+
+ONE = ("gpu-a", "m:latest", 1)
+
+
+async def test_a_waiting_ticket_anywhere_goes_before_a_newcomer(redis_server: RedisServer) -> None:
+    async with stores(redis_server, 3) as (a, b, c):
+        held = await c.reserve([ONE])
+        assert held is not None
+        place = await a.enqueue("m:latest", priority=1, service=0)
+        c.release(held[1])
+        await until(lambda: ONE[:2] not in b.usage)
+        # Same priority, same service, later: the ticket on replica a comes first.
+        assert await b.reserve([ONE]) is None
+        got = await a.reserve([ONE], place)
+        assert got is not None and got[1].box == "gpu-a"
+        a.release(got[1])
+        await until(lambda: not a._pending)  # the release reached Redis
+        assert await b.reserve([ONE]) is not None  # the room is empty again
+
+
+async def test_priority_then_fair_share_order_the_fleet_room(redis_server: RedisServer) -> None:
+    two = ("gpu-a", "m:latest", 2)
+    async with stores(redis_server, 2) as (a, b):
+        first, second = await a.reserve([two]), await a.reserve([two])
+        assert first is not None and second is not None
+        flood = [await a.enqueue("m:latest", priority=1, service=5000) for _ in range(5)]
+        await b.sweep()
+        assert b.waiting() == {"m:latest": 5}
+        a.release(first[1])
+        await until(lambda: b.usage.get(two[:2]) == 1)
+        # A user served little lately goes before the flood's tickets, wherever they wait.
+        quiet = await b.reserve([two], priority=1, service=10)
+        assert quiet is not None
+        a.release(second[1])
+        await until(lambda: b.usage.get(two[:2]) == 1)
+        # A high-priority request goes before every normal one.
+        assert await b.reserve([two], priority=0, service=1e9) is not None
+        assert await a.reserve([two], flood[0]) is None  # full again
+        for place in flood:
+            a.leave(place)
+        await until(lambda: not a._pending)
+        await b.sweep()
+        assert b.waiting() == {}
+
+
+async def test_a_dead_replicas_tickets_expire(redis_server: RedisServer) -> None:
+    async with stores(redis_server, 2, ttl=1.0, sweep_every=0.2) as (a, b):
+        await a.enqueue("m:latest", priority=1, service=0)
+        kill(a)
+        assert await b.reserve([ONE]) is None  # a ticket waits ahead
+        await b.sweep()
+        assert b.waiting() == {"m:latest": 1}
+        await until(lambda: b.waiting() == {}, within=3)
+        assert await b.reserve([ONE]) is not None
