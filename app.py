@@ -1,7 +1,8 @@
 """ollamux: one Ollama URL in front of many GPU boxes.
 
 The composition root: settings in, a Starlette app out (``create_app``), and the command
-line (``main``) that serves it. See README.md and DESIGN.md for the contracts.
+line (``main``) that serves it. README.md has the contracts, docs/architecture.md the
+layers.
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ollamux.backends.relay import Exchanges
-from ollamux.routing.affinity import conversation_key
 from ollamux.routing.api import admin as admin_api
 from ollamux.routing.api import auth, server
 from ollamux.routing.api import models as fleet_api
@@ -35,19 +34,21 @@ from ollamux.routing.api import openai as openai_api
 from ollamux.routing.api import router as router_api
 from ollamux.routing.api.auth import Auth, AuthMiddleware
 from ollamux.routing.api.client_limits import ClientLimits
-from ollamux.routing.api.ollama import JSON, services
 from ollamux.routing.api.reload import Reloader
 from ollamux.routing.api.services import Services
-from ollamux.routing.errors import BadRequest, MethodNotAllowed, ProxyError, RouteNotFound
+from ollamux.routing.clock import Clock
+from ollamux.routing.errors import MethodNotAllowed, ProxyError, RouteNotFound
 from ollamux.routing.settings import ConfigError, Settings, default_settings, load_settings
 
 log = logging.getLogger("ollamux")
 
 
-def create_app(settings: Settings, config_path: str | Path | None = None) -> Starlette:
+def create_app(
+    settings: Settings, config_path: str | Path | None = None, *, clock: Clock | None = None
+) -> Starlette:
     """The app for ``settings``; with ``config_path`` it reloads that file on change and on
-    SIGHUP."""
-    svc = Services(settings)
+    SIGHUP. ``clock`` is the scheduler's time (the event loop's unless a test holds it)."""
+    svc = Services(settings, clock=clock)
     reloader = Reloader(config_path, svc) if config_path is not None else None
     exchanges = Exchanges()
     client_auth = Auth(lambda: svc.settings.client_keys)
@@ -69,8 +70,6 @@ def create_app(settings: Settings, config_path: str | Path | None = None) -> Sta
             *ollama_api.routes,
             *fleet_api.routes,
             *openai_api.routes,
-            Route("/router/status", router_status, methods=["GET"]),
-            Route("/router/explain", router_explain, methods=["GET"]),
             *router_api.routes,
             *admin_api.routes,
             *auth.routes,
@@ -129,23 +128,6 @@ def draining(app: Starlette) -> Callable[[], None]:
         asyncio.get_running_loop().call_later(grace, cut)
 
     return begin
-
-
-async def router_explain(request: Request) -> Response:
-    """What would serve ``?model=NAME`` now, and why; nothing is reserved or sent.
-    ``&session=ID`` asks as a turn of that conversation (its X-Session-Id)."""
-    model = request.query_params.get("model")
-    if not model:
-        raise BadRequest("model is required: /router/explain?model=NAME")
-    svc = services(request)
-    session = request.query_params.get("session")
-    conversation = conversation_key(model, {}, session) if session else None
-    req = svc.dispatcher.request(svc.model_key(model), conversation=conversation)
-    return JSON(svc.dispatcher.explain(req))
-
-
-async def router_status(request: Request) -> Response:
-    return JSON(services(request).board.snapshot())
 
 
 def error_response(request: Request, exc: ProxyError) -> Response:

@@ -16,22 +16,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypedDict
 
 from ollamux.routing.affinity import AffinityTable
 from ollamux.routing.choose import Candidate, NoRoute, Request, Tier, choose, no_route, rank
+from ollamux.routing.clock import Clock, LoopClock
 from ollamux.routing.errors import ModelNotFound, NoCapacity, TooManyRequests
 from ollamux.routing.explain import explain, route_reason
-from ollamux.routing.ledger import Lease, Ledger
+from ollamux.routing.ledger import Lease, SlotStore
 from ollamux.routing.policies import Signals
 from ollamux.routing.settings import Settings
-from ollamux.routing.state import Fleet, Usage
+from ollamux.routing.state import Fleet
 from ollamux.routing.traffic import Traffic
 from ollamux.routing.waiting import Ticket, Waiter, WaitingRoom
 
 log = logging.getLogger("ollamux.routing")
 NORMAL = Ticket()
+
+
+class UserStatus(TypedDict):
+    user: str
+    service: float  # weighted tokens served lately (fair share)
+    waiting: int
+
+
+class QueueStatus(TypedDict):
+    """The waiting room in the status snapshot (``queue``)."""
+
+    waiting: int
+    oldest_wait: float
+    by_model: dict[str, int]
+    max_waiting: int
+    enabled: bool
+    users: list[UserStatus]
 
 
 class FleetSource(Protocol):
@@ -50,15 +70,28 @@ class Wait:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, ledger: Ledger, prober: FleetSource, rng: random.Random):
+    """Places requests on boxes: reserves slots in ``slots``, hands them out as leases,
+    and places waiting requests whenever a lease is released. Time comes from ``clock``;
+    ``on_change`` hears the waiting room change (the status board)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        slots: SlotStore,
+        prober: FleetSource,
+        rng: random.Random,
+        clock: Clock | None = None,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self._settings = settings
-        self._ledger = ledger
+        self._slots = slots
         self._prober = prober
         self._rng = rng
+        self._clock: Clock = clock or LoopClock()
+        self._on_change = on_change
         self.room = WaitingRoom(settings.queue.max_waiting)
         self.affinity = AffinityTable(settings.affinity.ttl, settings.affinity.max_entries)
-        self.traffic = Traffic(settings, on_free=self.drain)
-        ledger.on_release = self.drain
+        self.traffic = Traffic(settings, self._clock, on_free=self.drain)
 
     def request(
         self,
@@ -69,7 +102,7 @@ class Dispatcher:
     ) -> Request:
         affinity = None
         if conversation is not None and self._settings.conversation_affinity:
-            affinity = self.affinity.get(conversation, _now())
+            affinity = self.affinity.get(conversation, self._clock.now())
         return Request(
             model,
             affinity=affinity,
@@ -89,18 +122,18 @@ class Dispatcher:
 
     def remember(self, conversation: str, box: str) -> None:
         if self._settings.conversation_affinity:
-            self.affinity.put(conversation, box, _now())
+            self.affinity.put(conversation, box, self._clock.now())
 
     def pick(self, req: Request) -> Candidate | NoRoute:
         """The box that would serve ``req`` now, without reserving a slot."""
-        signals = self.traffic.signals(_now())
-        return choose(self._prober.fleet, self._ledger.usage, req, self._rng.random, signals)
+        signals = self.traffic.signals(self._clock.now())
+        return choose(self._prober.fleet, self._slots.usage, req, self._rng.random, signals)
 
     def explain(self, req: Request) -> dict[str, Any]:
         """What would be chosen for ``req`` now and why; reserves and sends nothing."""
-        signals = self.traffic.signals(_now())
+        signals = self.traffic.signals(self._clock.now())
         queueing = self._settings.queue.enabled
-        return explain(self._prober.fleet, self._ledger.usage, req, signals, queueing)
+        return explain(self._prober.fleet, self._slots.usage, req, signals, queueing)
 
     async def resolve(self, req: Request, display_name: str) -> Candidate:
         """Like ``acquire`` for requests that take no slot (``/api/show``)."""
@@ -114,41 +147,52 @@ class Dispatcher:
 
     async def acquire(self, req: Request, display_name: str, ticket: Ticket = NORMAL) -> Lease:
         """Reserve a slot on the best box for ``req``, waiting for one if need be."""
-        ranked: list[list[Candidate]] = [[]]
-
-        def decide(usage: Usage) -> tuple[str, str] | NoRoute | Wait:
-            ranked[0] = rank(self._prober.fleet, usage, req, self._rng.random, self._signals())
-            return self._decide(req, ranked[0])
-
-        result = await self._ledger.lease(decide)
-        if result is NoRoute.UNKNOWN_MODEL:
+        placed = self._place_now(req, ticket)
+        if placed is NoRoute.UNKNOWN_MODEL:
             await self._prober.refresh_models()
-            result = await self._ledger.lease(decide)
-        if isinstance(result, Lease):
-            self._placed(result, ranked[0], ticket, None)
-            return result
-        if isinstance(result, NoRoute):
-            raise no_route_error(result, display_name)
-        assert isinstance(result, Wait)
-        return await self._wait(req, display_name, ticket, result.pin)
+            placed = self._place_now(req, ticket)
+        if isinstance(placed, Lease):
+            return placed
+        if isinstance(placed, NoRoute):
+            raise no_route_error(placed, display_name)
+        return await self._wait(req, display_name, ticket, placed.pin)
+
+    def _place_now(self, req: Request, ticket: Ticket) -> Lease | NoRoute | Wait:
+        """Rank and reserve in one synchronous step, so no other placement interleaves."""
+        ranked = rank(self._prober.fleet, self._slots.usage, req, self._rng.random, self._signals())
+        decision = self._decide(req, ranked)
+        if not isinstance(decision, Candidate):
+            return decision
+        lease = self._reserve(decision.box.name, req.model)
+        self._placed(lease, ranked, ticket, None)
+        return lease
+
+    def _reserve(self, box: str, model: str) -> Lease:
+        self._slots.take(box, model)
+        return Lease(box, model, self._release)
+
+    def _release(self, lease: Lease) -> None:
+        """A lease came back: its slot is free, so waiting requests may fit now."""
+        self._slots.give(lease.box, lease.model)
+        self.drain()
 
     def _signals(self) -> Signals:
-        return self.traffic.signals(_now())
+        return self.traffic.signals(self._clock.now())
 
-    def _decide(self, req: Request, ranked: list[Candidate]) -> tuple[str, str] | NoRoute | Wait:
+    def _decide(self, req: Request, ranked: list[Candidate]) -> Candidate | NoRoute | Wait:
         if not ranked:
             return no_route(self._prober.fleet, req)
         best = ranked[0]
         queueing = self._settings.queue.enabled
         pin = self._pin(req, ranked) if queueing else None
         if pin is None and (best.tier is not Tier.SATURATED or not queueing):
-            return (best.box.name, req.model)
+            return best
         return Wait(pin)
 
     def _placed(
         self, lease: Lease, ranked: list[Candidate], ticket: Ticket, waited: float | None
     ) -> None:
-        now = _now()
+        now = self._clock.now()
         chosen = next((i for i, c in enumerate(ranked) if c.box.name == lease.box), 0)
         order = [ranked[chosen], *ranked[:chosen], *ranked[chosen + 1 :]]
         lease.reason = route_reason(order, self._settings.routing.strategy, waited)
@@ -182,51 +226,45 @@ class Dispatcher:
                     f'user "{ticket.user}" already has {most} requests waiting, '
                     f"their share of the waiting room"
                 )
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        waiter = Waiter(req, ticket, now, loop.create_future())
+        now = self._clock.now()
+        waiter = Waiter(req, ticket, now, asyncio.get_running_loop().create_future())
+        timeout = self._settings.queue.timeout
+        expire = partial(_expire, waiter, display_name, timeout)
+        timers = [self._clock.call_at(now + timeout, expire)]
         if pin is not None:
             waiter.pin, waiter.pin_until = pin, now + self._settings.affinity.max_wait
-        deadline = now + self._settings.queue.timeout
+            timers.append(self._clock.call_at(waiter.pin_until, partial(self._unpin, waiter)))
         self.room.add(waiter)
-        self._ledger.changed()
+        self._on_change()
         try:
-            while True:
-                until = min(deadline, waiter.pin_until) if waiter.pin else deadline
-                try:
-                    async with asyncio.timeout_at(until):
-                        lease: Lease = await asyncio.shield(waiter.future)
-                        return lease
-                except TimeoutError:
-                    if waiter.future.done():
-                        return waiter.future.result()  # type: ignore[no-any-return]
-                    if loop.time() >= deadline:
-                        raise NoCapacity(
-                            f'no free slot for model "{display_name}" within '
-                            f"{self._settings.queue.timeout:g} s",
-                            retry_after=5,
-                        ) from None
-                    waiter.pin = None  # the conversation's box stayed busy: any box will do
-                    self.drain()
+            lease: Lease = await asyncio.shield(waiter.future)
+            return lease
         finally:
+            for timer in timers:
+                timer.cancel()
             self._abandon(waiter)
+
+    def _unpin(self, waiter: Waiter) -> None:
+        """The conversation's box stayed busy for ``affinity.max_wait``: any box will do."""
+        waiter.pin = None
+        self.drain()
 
     def _abandon(self, waiter: Waiter) -> None:
         self.room.remove(waiter)
         future = waiter.future
         if not future.done():
             future.cancel()
-        elif not future.cancelled() and _leaving():
+        elif not future.cancelled() and future.exception() is None and _leaving():
             future.result().release()  # placed at the very moment its client left
-        self._ledger.changed()
+        self._on_change()
 
     def drain(self) -> None:
         """Place waiting requests on boxes that have a free slot now; called whenever a
         slot frees or the fleet changes. Synchronous, so no other reservation can
-        interleave: it is atomic like a reservation under the ledger's lock."""
+        interleave: it is atomic like any other placement."""
         if not self.room.size:
             return
-        now = _now()
+        now = self._clock.now()
         for queue in self.room.in_order():
             for waiter in self._fair_order(queue, now):
                 if waiter.future.done():
@@ -239,7 +277,7 @@ class Dispatcher:
                         continue  # later waiters of this model may take other boxes
                     break  # the same model's later waiters would not fit either
                 self.room.remove(waiter)
-                lease = self._ledger.reserve(ranked[0].box.name, waiter.req.model)
+                lease = self._reserve(ranked[0].box.name, waiter.req.model)
                 self._placed(lease, ranked, waiter.ticket, now - waiter.enqueued)
                 waiter.future.set_result(lease)
         if self.room.size:
@@ -254,18 +292,16 @@ class Dispatcher:
 
     def _free_ranked(self, req: Request, pin: str | None) -> list[Candidate]:
         """The ranking for ``req`` if its best box has a free slot now, else empty."""
-        ranked = rank(
-            self._prober.fleet, self._ledger.usage, req, self._rng.random, self._signals()
-        )
+        ranked = rank(self._prober.fleet, self._slots.usage, req, self._rng.random, self._signals())
         if pin is not None:
             ranked = [c for c in ranked if c.box.name == pin]
         if ranked and ranked[0].tier is not Tier.SATURATED:
             return ranked
         return []
 
-    def queue_status(self) -> dict[str, Any]:
+    def queue_status(self) -> QueueStatus:
         oldest = self.room.oldest()
-        now = asyncio.get_running_loop().time() if oldest is not None else 0.0
+        now = self._clock.now() if oldest is not None else 0.0
         return {
             "waiting": self.room.size,
             "oldest_wait": round(now - oldest, 3) if oldest is not None else 0.0,
@@ -275,9 +311,9 @@ class Dispatcher:
             "users": self.users(),
         }
 
-    def users(self) -> list[dict[str, Any]]:
+    def users(self) -> list[UserStatus]:
         """Each user's recent service (weighted tokens) and requests waiting now."""
-        now = _now()
+        now = self._clock.now()
         service = self.traffic.fair.users(now)
         waiting = self.room.by_user()
         names = sorted(service.keys() | waiting.keys(), key=lambda u: -service.get(u, 0.0))
@@ -296,8 +332,12 @@ def no_route_error(reason: NoRoute, model: str) -> ModelNotFound | NoCapacity:
     return NoCapacity(f'no healthy box can serve model "{model}" right now', retry_after=5)
 
 
-def _now() -> float:
-    return asyncio.get_running_loop().time()
+def _expire(waiter: Waiter, model: str, timeout: float) -> None:
+    """The waiter's ``queue.timeout`` ran out before a slot freed."""
+    if not waiter.future.done():
+        waiter.future.set_exception(
+            NoCapacity(f'no free slot for model "{model}" within {timeout:g} s', retry_after=5)
+        )
 
 
 def _leaving() -> bool:

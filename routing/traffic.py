@@ -4,11 +4,11 @@ budget and cooldown, observed speeds, and the round-robin position. ``signals()`
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from types import MappingProxyType
 
 from ollamux.routing.accounting import Counts
+from ollamux.routing.clock import Clock, Timer
 from ollamux.routing.fairness import FairShare
 from ollamux.routing.latency import Speeds
 from ollamux.routing.limits import BoxLimits
@@ -18,7 +18,7 @@ from ollamux.routing.waiting import Ticket
 
 
 class Traffic:
-    def __init__(self, settings: Settings, on_free: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, clock: Clock, on_free: Callable[[], None]) -> None:
         fair = settings.fairness
         self.fair = FairShare(fair.window, fair.input_weight, fair.output_weight)
         self.limits = {
@@ -28,8 +28,9 @@ class Traffic:
         self.turn = 0
         self._limited = [b for b in self.limits.values() if b.limited]
         self._cooling: set[str] = set()
+        self._clock = clock
         self._on_free = on_free
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, tuple[float, Timer]] = {}  # box -> (when, timer)
 
     def reconfigure(self, settings: Settings) -> None:
         """A config reload: budgets for new or changed limits; counts kept where same."""
@@ -93,16 +94,15 @@ class Traffic:
         """Drain the waiting room when this box's budget frees (one timer per box)."""
         if when is None:
             return
-        loop = asyncio.get_running_loop()
+        when += 0.001
         old = self._timers.get(box)
-        pending = old is not None and not old.cancelled() and old.when() > loop.time()
-        if pending and old is not None and old.when() <= when + 0.001:
-            return
         if old is not None:
-            old.cancel()
-        self._timers[box] = loop.call_at(when + 0.001, self._on_free)
+            if self._clock.now() < old[0] <= when:
+                return  # an earlier wake-up is already armed
+            old[1].cancel()
+        self._timers[box] = (when, self._clock.call_at(when, self._on_free))
 
     def close(self) -> None:
-        for timer in self._timers.values():
+        for _when, timer in self._timers.values():
             timer.cancel()
         self._timers.clear()

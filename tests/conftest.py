@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from ollamux.app import create_app
 from ollamux.backends.sim.ollama import SimBox, SimConfig
 from ollamux.routing.api.services import Services
+from ollamux.routing.clock import Clock
 from ollamux.routing.settings import Settings, parse_settings
 
 
@@ -92,10 +93,13 @@ def cluster_settings(
 
 
 @asynccontextmanager
-async def run_cluster(*configs: SimConfig, **extra: Any) -> AsyncIterator[Cluster]:
+async def run_cluster(
+    *configs: SimConfig, clock: Clock | None = None, **extra: Any
+) -> AsyncIterator[Cluster]:
+    """``clock``: the scheduler's time, e.g. a ``ManualClock`` the test moves itself."""
     async with AsyncExitStack() as stack:
         boxes = [await stack.enter_async_context(SimBox(c)) for c in configs]
-        app = create_app(cluster_settings(boxes, **extra))
+        app = create_app(cluster_settings(boxes, **extra), clock=clock)
         url = await stack.enter_async_context(serve_app(app))
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
         yield Cluster(url, boxes, app, http)

@@ -1,41 +1,48 @@
-"""The ledger: atomic select-and-reserve, release exactly once, never negative."""
+"""The ledger counts slots in use exactly; a lease hands its slot back exactly once."""
 
 from __future__ import annotations
 
-import asyncio
+import pytest
 
 from ollamux.routing.ledger import Lease, Ledger
 
 
-async def test_lease_and_release_once() -> None:
+def test_take_and_give_count_per_box_and_model_and_never_go_negative() -> None:
     changes = []
     ledger = Ledger(on_change=lambda: changes.append(1))
-    lease = await ledger.lease(lambda usage: ("a", "m"))
-    assert isinstance(lease, Lease)
+    ledger.take("a", "m")
+    ledger.take("a", "m")
+    ledger.take("b", "m")
+    assert dict(ledger.usage) == {("a", "m"): 2, ("b", "m"): 1}
+    assert ledger.in_flight() == 3
+    ledger.give("a", "m")
+    ledger.give("b", "m")
+    ledger.give("b", "m")  # one too many: the count stays at zero, the key goes
+    assert dict(ledger.usage) == {("a", "m"): 1}
+    assert len(changes) == 6
+
+
+def test_the_usage_view_is_live_and_read_only() -> None:
+    ledger = Ledger()
+    view = ledger.usage
+    ledger.take("a", "m")
+    assert view == {("a", "m"): 1}
+    with pytest.raises(TypeError):
+        view[("a", "m")] = 5  # type: ignore[index]
     assert ledger.usage == {("a", "m"): 1}
-    lease.release()
-    lease.release()
-    assert dict(ledger.usage) == {} and ledger.in_flight() == 0
-    assert len(changes) == 2  # reserve, release: the second release changed nothing
 
 
-async def test_decide_sees_reservations_made_before_it() -> None:
+def test_a_lease_is_released_once_however_often_it_is_called() -> None:
     ledger = Ledger()
+    freed: list[Lease] = []
 
-    def least_used(usage: object) -> tuple[str, str]:
-        assert isinstance(usage, type(ledger.usage))
-        a, b = ledger.usage.get(("a", "m"), 0), ledger.usage.get(("b", "m"), 0)
-        return ("a", "m") if a <= b else ("b", "m")
+    def free(lease: Lease) -> None:
+        freed.append(lease)
+        ledger.give(lease.box, lease.model)
 
-    leases = await asyncio.gather(*(ledger.lease(least_used) for _ in range(10)))
-    assert dict(ledger.usage) == {("a", "m"): 5, ("b", "m"): 5}
-    for lease in leases:
-        assert isinstance(lease, Lease)
-        lease.release()
+    ledger.take("a", "m")
+    lease = Lease("a", "m", free)
+    lease.release()
+    lease.release()
+    assert freed == [lease] and lease.released
     assert ledger.in_flight() == 0
-
-
-async def test_a_refusal_reserves_nothing() -> None:
-    ledger = Ledger()
-    assert await ledger.lease(lambda usage: "no") == "no"
-    assert ledger.in_flight() == 0 and dict(ledger.usage) == {}

@@ -13,6 +13,7 @@ import pytest
 
 from ollamux.backends.sim.ollama import SimConfig
 from ollamux.routing.choose import NoRoute, Request, choose, rank
+from ollamux.routing.clock import ManualClock
 from ollamux.routing.fairness import FairShare, user_of
 from ollamux.routing.limits import BoxLimits, retry_after
 from ollamux.routing.policies import NO_SIGNALS, Signals
@@ -253,7 +254,8 @@ async def test_a_429_rests_the_box_and_the_request_goes_elsewhere(cluster: Any) 
         SimConfig(name="a", preloaded=["llama3.2"]),
         SimConfig(name="b", preloaded=["llama3.2"]),
     ]
-    async with cluster(*boxes, priority_routing=True, routing={"cooldown": 0.4}) as c:
+    clock = ManualClock()
+    async with cluster(*boxes, priority_routing=True, routing={"cooldown": 30}, clock=clock) as c:
         c.box("a").faults.error_status = 429
         first = await c.http.post("/api/generate", json=gen("x0"))
         assert first.status_code == 200 and first.headers["x-ollamux-endpoint"] == "b"
@@ -261,8 +263,11 @@ async def test_a_429_rests_the_box_and_the_request_goes_elsewhere(cluster: Any) 
         during = await c.http.post("/api/generate", json=gen("x1"))
         assert during.headers["x-ollamux-endpoint"] == "b"  # a is resting
         assert (await c.status())["endpoints"][0]["breaker"] == "closed"  # not a failure
-        await asyncio.sleep(0.45)
-        after = await c.http.post("/api/generate", json=gen("x2"))
+        clock.advance(29.9)
+        still = await c.http.post("/api/generate", json=gen("x2"))
+        assert still.headers["x-ollamux-endpoint"] == "b"
+        clock.advance(0.2)  # the 30 s rest is over
+        after = await c.http.post("/api/generate", json=gen("x3"))
         assert after.headers["x-ollamux-endpoint"] == "a"
 
 

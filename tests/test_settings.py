@@ -1,4 +1,4 @@
-"""The config file contract (DESIGN.md "Config file"): shape, defaults, ${VAR}, refusals."""
+"""The config file contract (README "Configuration"): shape, defaults, ${VAR}, refusals."""
 
 from __future__ import annotations
 

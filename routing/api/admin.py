@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from ollamux.backends.model_ops.io import load_model
 from ollamux.routing.api.body import parse_object, require_model
-from ollamux.routing.api.ollama import JSON, services
+from ollamux.routing.api.forward import JSON, services
 from ollamux.routing.api.services import Services
 from ollamux.routing.choose import Tier, rank
 from ollamux.routing.errors import BadRequest, RouteNotFound

@@ -29,15 +29,11 @@ from ollamux.backends.relay import Exchange, Lease, Message, Receive, Scope, Sen
 from ollamux.backends.upstream import Response as BoxResponse
 from ollamux.backends.upstream import request_headers
 from ollamux.routing.api.body import read_json, require_model
+from ollamux.routing.api.forward import services
 from ollamux.routing.api.services import Services
 from ollamux.routing.errors import BadRequest, ModelNotFound, ProxyError
 
 Refresh = Callable[[], Awaitable[None]]
-
-
-def _services(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
 
 
 def _json(content: Any, status: int = 200, boxes: Sequence[str] = ()) -> Response:
@@ -82,7 +78,7 @@ def _refresher(svc: Services, boxes: Sequence[str]) -> Refresh:
 async def pull(request: Request) -> Any:
     body, doc = await read_json(request)
     model = _model(doc)
-    svc = _services(request)
+    svc = services(request)
     boxes = fleet.ollama_boxes(svc.prober.fleet, request.headers.get(HEADER), "pull")
     return await _progress(request, "pull", model, boxes, body, doc)
 
@@ -91,7 +87,7 @@ async def push(request: Request) -> Any:
     """From one box: the one the header names, else the first that has the model."""
     body, doc = await read_json(request)
     model = _model(doc)
-    svc = _services(request)
+    svc = services(request)
     header = request.headers.get(HEADER)
     if header is not None:
         boxes = fleet.ollama_boxes(svc.prober.fleet, header, "push")
@@ -109,7 +105,7 @@ async def create(request: Request) -> Any:
     made only ``from`` another goes where that one is."""
     body, doc = await read_json(request)
     model = _model(doc)
-    svc = _services(request)
+    svc = services(request)
     header, base = request.headers.get(HEADER), doc.get("from")
     if header is None and isinstance(base, str) and not doc.get("files"):
         boxes = fleet.holders(svc.prober.fleet, svc.model_key(base))
@@ -133,7 +129,7 @@ async def _progress(
     """One box, streamed: bytes through. Otherwise every box is asked for its stream
     (a whole answer would come only at the end, after any time-out) and ollamux answers:
     the merged stream, or with ``stream: false`` one object."""
-    svc = _services(request)
+    svc = services(request)
     after = _refresher(svc, boxes) if refresh else None
     stream = doc.get("stream") is not False
     if stream and len(boxes) == 1:
@@ -229,7 +225,7 @@ async def delete(request: Request) -> Response:
 async def _everywhere(request: Request, verb: str, model: str, body: bytes) -> Response:
     """On every Ollama box up (a box without the model answers 404: nothing to do
     there), or the named ones; a box that is down but had the model is a failure."""
-    svc = _services(request)
+    svc = services(request)
     header = request.headers.get(HEADER)
     boxes = fleet.ollama_boxes(svc.prober.fleet, header, verb)
     down = () if header is not None else fleet.down_with(svc.prober.fleet, svc.model_key(model))
@@ -260,7 +256,7 @@ async def blob(request: Request) -> Response:
     """``HEAD``: 200 when every target box has the blob, else 404 (so the client uploads
     it). ``POST``: sent to the target boxes that lack it (one copy of the body in memory,
     whatever the number of boxes; never parsed)."""
-    svc = _services(request)
+    svc = services(request)
     fleet.check_digest(request.path_params["digest"])
     boxes = fleet.ollama_boxes(svc.prober.fleet, request.headers.get(HEADER), "a blob upload")
     heads = await fleet_io.call_all(svc.upstream, [_head(svc, request, box) for box in boxes])
@@ -299,7 +295,7 @@ def _blob_found(results: Sequence[BoxResult]) -> Response:
 async def unload(request: Request, doc: dict[str, Any], model: str) -> Response:
     """Ollama's unload request, for the whole fleet: the model is unloaded everywhere it
     is (or on the boxes the header names), and the answer is Ollama's."""
-    svc = _services(request)
+    svc = services(request)
     key = svc.model_key(model)
     header = request.headers.get(HEADER)
     current = svc.prober.fleet

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ollamux.backends.model_ops.fleet import is_unload
-from ollamux.backends.relay import Exchange
 from ollamux.backends.translate.models import find_tag
 from ollamux.backends.translate.models import show as show_card
-from ollamux.backends.translate.plans import Routed, for_ollama_client
-from ollamux.routing.affinity import conversation_key
+from ollamux.backends.translate.plans import for_ollama_client
 from ollamux.routing.api import models as fleet_api
 from ollamux.routing.api.body import read_json, require_model
-from ollamux.routing.api.services import Services, make_ticket
+from ollamux.routing.api.forward import JSON, proxy, services
 from ollamux.routing.state import Fleet, canonical_model
-
-# How a client's request becomes what each kind of box gets (backends.translate.plans).
-Translate = Callable[[str, bytes, dict[str, Any], str, str], Routed]
-
-
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-def services(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
 
 
 async def root(request: Request) -> Response:
@@ -69,40 +50,6 @@ async def _forward(request: Request, *, slot: bool) -> Any:
         return await fleet_api.unload(request, doc, model)  # everywhere it is loaded
     chat = path in ("/api/chat", "/api/generate")
     return await proxy(request, path, model, body, doc, for_ollama_client, chat=chat, slot=slot)
-
-
-async def proxy(
-    request: Request,
-    path: str,
-    model: str,
-    body: bytes,
-    doc: dict[str, Any],
-    translate: Translate,
-    *,
-    chat: bool,
-    slot: bool = True,
-) -> Exchange:
-    """Either API's request, placed and ready to forward: ``translate`` says what each
-    kind of box gets; ``chat`` requests have a conversation to keep on its box."""
-    svc = services(request)
-    key = svc.model_key(model)
-    routed = translate(path, body, doc, model, key)
-    routed.check(svc.prober.fleet, key)
-    conversation = None
-    if chat:
-        conversation = conversation_key(model, doc, request.headers.get("x-session-id"))
-    req = svc.dispatcher.request(key, conversation=conversation, kinds=routed.kinds)
-    ticket = make_ticket(request.headers, doc, body, getattr(request.state, "key_name", None))
-    return await svc.exchange(
-        req,
-        model,
-        plan=routed.plan,
-        headers=request.headers,
-        path=path,
-        slot=slot,
-        conversation=conversation,
-        ticket=ticket,
-    )
 
 
 async def tags(request: Request) -> Response:

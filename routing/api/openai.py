@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from ollamux.backends.translate.models import openai_models
 from ollamux.backends.translate.plans import for_openai_client
 from ollamux.routing.api.body import parse_object, require_model
-from ollamux.routing.api.ollama import JSON, proxy, services
+from ollamux.routing.api.forward import JSON, proxy, services
 from ollamux.routing.api.services import Services
 from ollamux.routing.errors import BadRequest, ModelNotFound
 from ollamux.routing.state import Fleet

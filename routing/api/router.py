@@ -1,5 +1,5 @@
-"""The proxy's own endpoints: its health, live feed, statistics, Prometheus metrics and
-the dashboard that shows them (``/router/status`` is served by app.py)."""
+"""The proxy's own endpoints: its status snapshot, explained choices, health, live feed,
+statistics, Prometheus metrics and the dashboard that shows them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ollamux.routing.affinity import conversation_key
 from ollamux.routing.api import STATIC
-from ollamux.routing.api.ollama import JSON
-from ollamux.routing.api.services import Services
+from ollamux.routing.api.forward import JSON, services
+from ollamux.routing.errors import BadRequest
 from ollamux.routing.observe.events import events_endpoint
 from ollamux.routing.observe.metrics import metrics_endpoint
 
@@ -21,20 +22,32 @@ _CSP = (
 )
 
 
-def _services(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
-
-
 async def health(request: Request) -> Response:
     """200 while at least one box can serve (healthy, or degraded but answering)."""
-    snapshot = _services(request).board.snapshot()
+    snapshot = services(request).board.snapshot()
     up = [ep["name"] for ep in snapshot["endpoints"] if ep["health"] in ("healthy", "degraded")]
     return JSON({"status": "ok" if up else "down", "boxes": up}, 200 if up else 503)
 
 
+async def router_explain(request: Request) -> Response:
+    """What would serve ``?model=NAME`` now, and why; nothing is reserved or sent.
+    ``&session=ID`` asks as a turn of that conversation (its X-Session-Id)."""
+    model = request.query_params.get("model")
+    if not model:
+        raise BadRequest("model is required: /router/explain?model=NAME")
+    svc = services(request)
+    session = request.query_params.get("session")
+    conversation = conversation_key(model, {}, session) if session else None
+    req = svc.dispatcher.request(svc.model_key(model), conversation=conversation)
+    return JSON(svc.dispatcher.explain(req))
+
+
+async def router_status(request: Request) -> Response:
+    return JSON(services(request).snapshot())
+
+
 async def stats(request: Request) -> Response:
-    svc = _services(request)
+    svc = services(request)
     return JSON(svc.stats.view(svc.board.snapshot()))
 
 
@@ -46,6 +59,8 @@ async def dashboard(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
+    Route("/router/status", router_status, methods=["GET"]),
+    Route("/router/explain", router_explain, methods=["GET"]),
     Route("/router/health", health, methods=["GET"]),
     Route("/router/events", events_endpoint, methods=["GET"]),
     Route("/router/stats", stats, methods=["GET"]),

@@ -6,7 +6,6 @@ apps can run side by side in one process (tests do).
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from ollamux.backends.prober import Prober
 from ollamux.backends.relay import Exchange, Outbound, Outcome, Target
 from ollamux.backends.upstream import Upstream
 from ollamux.routing.choose import Request
+from ollamux.routing.clock import Clock, LoopClock
 from ollamux.routing.dispatch import Dispatcher
 from ollamux.routing.errors import BadRequest
 from ollamux.routing.fairness import estimate_tokens, user_of
@@ -24,7 +24,7 @@ from ollamux.routing.limits import retry_after as retry_after_seconds
 from ollamux.routing.observe.events import Feed
 from ollamux.routing.observe.metrics import Metrics
 from ollamux.routing.observe.stats import Stats
-from ollamux.routing.observe.status import StatusBoard
+from ollamux.routing.observe.status import Snapshot, StatusBoard
 from ollamux.routing.settings import Settings
 from ollamux.routing.state import BoxState, canonical_model, model_key
 from ollamux.routing.waiting import PRIORITIES, Ticket
@@ -35,29 +35,42 @@ Plan = Callable[[BoxState], Outbound]
 
 
 class Services:
-    def __init__(self, settings: Settings, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, settings: Settings, rng: random.Random | None = None, clock: Clock | None = None
+    ) -> None:
         self.settings = settings
+        self.clock: Clock = clock or LoopClock()
         self.endpoints = {ep.name: ep for ep in settings.endpoints}
         self._retiring: set[str] = set()  # removed from the config, draining
         self.aliases = {canonical_model(own): name for own, name in settings.aliases}
         self.upstream = Upstream(settings.timeouts)
-        self.board = StatusBoard(
-            lambda: self.prober.fleet,
-            lambda: self.ledger.usage,
-            lambda: self.dispatcher.queue_status(),
-        )
-        self.metrics = Metrics(self.board.snapshot)
-        self.stats = Stats(settings.stats, self.metrics, self.board.snapshot)
-        self.feed = Feed(self.board, self.stats.view)
+        self.metrics = Metrics(self.snapshot)
+        self.stats = Stats(settings.stats, self.metrics, self.snapshot)
         self.ledger = Ledger(on_change=self._usage_changed)
         self.prober = Prober(
             settings, self.upstream, adapters(self.aliases), on_change=self._fleet_changed
         )
-        self.dispatcher = Dispatcher(settings, self.ledger, self.prober, rng or random.Random())
+        self.dispatcher = Dispatcher(
+            settings,
+            self.ledger,
+            self.prober,
+            rng or random.Random(),
+            self.clock,
+            on_change=self._waiting_changed,
+        )
+        self.board = StatusBoard(self.prober, self.ledger, self.dispatcher, self.stats)
+        self.feed = Feed(self.board, self.stats.view)
+
+    def snapshot(self) -> Snapshot:
+        """The status snapshot (GET /router/status): the one picture everything reads."""
+        return self.board.snapshot()
 
     def model_key(self, name: str) -> str:
         """The routing key of the model a client asked for (aliases applied)."""
         return model_key(name, self.aliases)
+
+    def _waiting_changed(self) -> None:
+        self.board.changed()
 
     def _usage_changed(self) -> None:
         self.stats.usage_changed(self.ledger.usage)
@@ -92,14 +105,12 @@ class Services:
             self.endpoints.pop(name, None)
 
     def _fleet_changed(self) -> None:
-        self.stats.fleet_changed(self.prober.fleet)
+        self.metrics.fleet_changed(self.prober.fleet)
         self.board.changed()
         self.dispatcher.drain()  # a box came back, or a model loaded: waiters may fit now
 
     async def start(self) -> None:
-        await self.stats.start()
-        lifetime = self.stats.lifetime()  # totals survive restarts (stats.path)
-        self.board.requests, self.board.errors = lifetime.requests, lifetime.errors
+        await self.stats.start()  # totals survive restarts (stats.path)
         await self.upstream.open()
         await self.prober.start()
         await self.feed.start()
@@ -165,7 +176,7 @@ class Services:
     def _refused(self, box: str, retry_after: str | None) -> None:
         """The box answered 429: it rests, and the request tries another."""
         seconds = retry_after_seconds(retry_after, self.settings.routing.cooldown)
-        self.dispatcher.traffic.refused(box, seconds, asyncio.get_running_loop().time())
+        self.dispatcher.traffic.refused(box, seconds, self.clock.now())
 
     def _failed(self, box: str) -> None:
         """Traffic found ``box`` failing before its answer could be relayed."""
@@ -176,11 +187,8 @@ class Services:
         counts = self.stats.finished(outcome)
         if outcome.box and outcome.sent is not None and outcome.status < 400:
             ttft = None if outcome.first_byte is None else outcome.first_byte - outcome.sent
-            now = asyncio.get_running_loop().time()
+            now = self.clock.now()
             self.dispatcher.traffic.finished(outcome.box, outcome.model, user, ttft, counts, now)
-        self.board.requests += 1
-        if outcome.error or outcome.status >= 500:
-            self.board.errors += 1
         if outcome.box and outcome.first_byte is not None and outcome.status < 500:
             if outcome.error is None:
                 # A success closes the breaker; a stream that broke was already reported

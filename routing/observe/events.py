@@ -2,7 +2,7 @@
 
 Events (``event:`` name, ``data:`` one JSON object):
 
-- ``snapshot``: the status contract (DESIGN.md), one at once on connect, then on every
+- ``snapshot``: the status contract (README), one at once on connect, then on every
   change, at most one per ``min_gap`` seconds. Its ``id`` is the board's version: a gap
   in ids means snapshots were coalesced or skipped for this subscriber.
 - ``stats``: rates, charts, recent requests and tuning figures (``Stats.view``), one on
@@ -28,7 +28,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ollamux.routing.observe.status import StatusBoard
+from ollamux.routing.observe.status import Snapshot, StatusBoard
 
 RETRY_MS = 2000  # how soon a browser reconnects after the stream breaks
 
@@ -43,7 +43,7 @@ class Feed:
     def __init__(
         self,
         board: StatusBoard,
-        stats: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+        stats: Callable[[Snapshot], Mapping[str, Any]],
         *,
         min_gap: float = 0.25,
         heartbeat: float = 15.0,
@@ -79,13 +79,13 @@ class Feed:
 
     # -- publishing -------------------------------------------------------------------
 
-    def publish_snapshot(self) -> dict[str, Any]:
+    def publish_snapshot(self) -> Snapshot:
         version = self._board.version
         snapshot = self._board.snapshot()
         self._set("snapshot", version, snapshot)
         return snapshot
 
-    def publish_stats(self, snapshot: Mapping[str, Any] | None = None) -> None:
+    def publish_stats(self, snapshot: Snapshot | None = None) -> None:
         self._stats_id += 1
         self._set("stats", self._stats_id, self._stats(snapshot or self._board.snapshot()))
 

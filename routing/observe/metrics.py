@@ -11,7 +11,6 @@ in one process keep separate figures.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,8 +21,8 @@ from starlette.responses import Response
 
 from ollamux.backends.relay import Outcome
 from ollamux.routing.accounting import Counts
-
-Snapshot = Callable[[], Mapping[str, Any]]
+from ollamux.routing.observe.status import EndpointStatus, Snapshot
+from ollamux.routing.state import Fleet, Health
 
 _TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -31,7 +30,7 @@ _HEALTH = ("healthy", "degraded", "down", "unknown")
 
 
 class Metrics:
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self.requests = Counter(
@@ -62,6 +61,7 @@ class Metrics:
         )
         self.fleet = FleetCollector(snapshot)
         r.register(self.fleet)
+        self._fleet: Fleet | None = None
 
     def finished(self, outcome: Outcome, counts: Counts) -> None:
         box, model = outcome.box or "", outcome.model
@@ -74,6 +74,20 @@ class Metrics:
             self.tokens.labels(box, model, "prompt").inc(counts.prompt_tokens)
         if counts.output_tokens:
             self.tokens.labels(box, model, "output").inc(counts.output_tokens)
+
+    def fleet_changed(self, fleet: Fleet) -> None:
+        """Count what the prober saw happen: probes starting to fail, models loading."""
+        before, self._fleet = self._fleet, fleet
+        collector = self.fleet
+        for box in fleet.boxes:
+            old = before.by_name.get(box.name) if before is not None else None
+            if box.error is not None and (old is None or box.error != old.error):
+                collector.box_failures[box.name] = collector.box_failures.get(box.name, 0) + 1
+            if old is None or old.health is Health.UNKNOWN:
+                continue  # what a box has loaded when first seen was not seen loading
+            for model in box.loaded - old.loaded:
+                key = (box.name, model)
+                collector.model_loads[key] = collector.model_loads.get(key, 0) + 1
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The registry in the format the scraper's Accept header asks for: OpenMetrics,
@@ -92,14 +106,14 @@ class FleetCollector(Collector):
     """Families read from the status snapshot at scrape time, plus two counters of what
     the prober saw happen (kept here because they are only ever read at scrape time)."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
         self.box_failures: dict[str, int] = {}
         self.model_loads: dict[tuple[str, str], int] = {}
 
     def collect(self) -> Iterable[Metric]:
         snap = self._snapshot()
-        endpoints: list[Mapping[str, Any]] = snap.get("endpoints", [])
+        endpoints = snap["endpoints"]
         yield from _slots(endpoints)
         yield from _health(endpoints)
         yield from _breakers(endpoints)
@@ -135,7 +149,7 @@ class FleetCollector(Collector):
         yield loads
 
 
-def _slots(endpoints: list[Mapping[str, Any]]) -> Iterable[Metric]:
+def _slots(endpoints: list[EndpointStatus]) -> Iterable[Metric]:
     in_use = GaugeMetricFamily(
         "ollamux_slots_in_use", "Slots in use per box and model", labels=["box", "model"]
     )
@@ -152,7 +166,7 @@ def _slots(endpoints: list[Mapping[str, Any]]) -> Iterable[Metric]:
     return (in_use, slots, loaded)
 
 
-def _health(endpoints: list[Mapping[str, Any]]) -> Iterable[Metric]:
+def _health(endpoints: list[EndpointStatus]) -> Iterable[Metric]:
     health = GaugeMetricFamily(
         "ollamux_box_health", "1 for the box's current health state", labels=["box", "state"]
     )
@@ -162,7 +176,7 @@ def _health(endpoints: list[Mapping[str, Any]]) -> Iterable[Metric]:
     return (health,)
 
 
-def _breakers(endpoints: list[Mapping[str, Any]]) -> Iterable[Metric]:
+def _breakers(endpoints: list[EndpointStatus]) -> Iterable[Metric]:
     """Per-box circuit breaker state, when the snapshot carries one (a string, or an
     object with a ``state``)."""
     breaker = GaugeMetricFamily(

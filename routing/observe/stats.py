@@ -1,8 +1,8 @@
 """What the proxy has done: totals, rates, recent requests, charts and tuning figures.
 
-Fed by three hooks in ``Services``: ``finished`` (an exchange ended: its counts are read
-from ``Outcome.tail`` once, here), ``usage_changed`` (a slot was taken or freed) and
-``fleet_changed`` (the prober published new box states). A one-second tick samples the
+Fed by two hooks in ``Services``: ``finished`` (an exchange ended: its counts are read
+from ``Outcome.tail`` once, here, and handed on to ``Metrics``) and ``usage_changed`` (a
+slot was taken or freed). A one-second tick samples the
 waiting room and in-flight count and, every few seconds, hands what changed to
 ``History`` (SQLite, in a worker thread). ``view()`` is the dashboard's ``stats`` event.
 """
@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from typing import Any
 
@@ -24,9 +24,10 @@ from ollamux.routing.accounting import NOTHING, Counts, read_counts
 from ollamux.routing.observe.history import Batch, History
 from ollamux.routing.observe.metrics import Metrics
 from ollamux.routing.observe.series import Series
+from ollamux.routing.observe.status import Snapshot
 from ollamux.routing.observe.tuning import Key, Level, Tuning
 from ollamux.routing.settings import StatsSettings
-from ollamux.routing.state import Fleet, Health, Usage
+from ollamux.routing.state import Usage
 
 log = logging.getLogger("ollamux.stats")
 
@@ -49,7 +50,7 @@ class Stats:
         self,
         settings: StatsSettings,
         metrics: Metrics,
-        snapshot: Callable[[], Mapping[str, Any]],
+        snapshot: Callable[[], Snapshot],
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -65,7 +66,6 @@ class Stats:
         self._wall = wall
         self._dirty: set[Key] = set()
         self._unsaved: list[dict[str, Any]] = []
-        self._fleet: Fleet | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
@@ -155,20 +155,6 @@ class Stats:
     def usage_changed(self, usage: Usage) -> None:
         self.tuning.usage_changed(usage, self._clock())
 
-    def fleet_changed(self, fleet: Fleet) -> None:
-        """Count what the prober saw happen: probes starting to fail, models loading."""
-        before, self._fleet = self._fleet, fleet
-        collector = self.metrics.fleet
-        for box in fleet.boxes:
-            old = before.by_name.get(box.name) if before is not None else None
-            if box.error is not None and (old is None or box.error != old.error):
-                collector.box_failures[box.name] = collector.box_failures.get(box.name, 0) + 1
-            if old is None or old.health is Health.UNKNOWN:
-                continue  # what a box has loaded when first seen was not seen loading
-            for model in box.loaded - old.loaded:
-                key = (box.name, model)
-                collector.model_loads[key] = collector.model_loads.get(key, 0) + 1
-
     def sample(self) -> None:
         """Record the waiting room and slots in use in the current chart bucket."""
         snap = self._snapshot()
@@ -181,6 +167,11 @@ class Stats:
 
     # -- views ------------------------------------------------------------------------
 
+    def lifetime_requests(self) -> tuple[int, int]:
+        """Requests and failed requests, since the first start when stats.path is set."""
+        total = self.lifetime()
+        return total.requests, total.errors
+
     def lifetime(self) -> Totals:
         total = Totals()
         for t in self.totals.values():
@@ -190,7 +181,7 @@ class Stats:
             total.output_tokens += t.output_tokens
         return total
 
-    def view(self, snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    def view(self, snapshot: Snapshot) -> dict[str, Any]:
         """The dashboard's ``stats`` event: rates, charts, recent requests, tuning."""
         now = self._clock()
         slots = {

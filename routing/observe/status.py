@@ -5,28 +5,87 @@ outside the routing lock, so a slow reader never slows routing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, TypedDict, cast
 from urllib.parse import urlsplit, urlunsplit
 
+from ollamux.routing.dispatch import QueueStatus
 from ollamux.routing.state import BoxState, Fleet, Usage, canonical_model
 
 
+class Memory(TypedDict, total=False):
+    """A loaded model's footprint and unload time, as the box's /api/ps gave them."""
+
+    size: int  # bytes
+    size_vram: int
+    expires_at: str
+
+
+class ModelStatus(Memory):
+    name: str
+    loaded: bool
+    in_use: int
+    max: int
+
+
+class EndpointStatus(TypedDict):
+    name: str
+    url: str  # credentials removed
+    kind: str
+    health: str  # healthy | degraded | down | unknown
+    breaker: str
+    draining: bool
+    version: str | None
+    error: str | None
+    models: list[ModelStatus]
+
+
+class Totals(TypedDict):
+    requests: int
+    errors: int
+    in_flight: int
+
+
+class Snapshot(TypedDict):
+    """GET /router/status and the live feed's ``snapshot`` event (the README's status contract)."""
+
+    endpoints: list[EndpointStatus]
+    queue: QueueStatus
+    totals: Totals
+
+
+class FleetView(Protocol):
+    @property
+    def fleet(self) -> Fleet: ...
+
+
+class UsageView(Protocol):
+    @property
+    def usage(self) -> Usage: ...
+
+
+class QueueView(Protocol):
+    def queue_status(self) -> QueueStatus: ...
+
+
+class Counted(Protocol):
+    def lifetime_requests(self) -> tuple[int, int]:
+        """Requests and failed requests since the first start (stats)."""
+        ...
+
+
 class StatusBoard:
-    """Knows when the picture changed (a version number), and draws it on demand."""
+    """Knows when the picture changed (a version number), and draws it on demand from
+    the parts that own each fact: the fleet, the slots, the waiting room, the totals."""
 
     def __init__(
-        self,
-        fleet: Callable[[], Fleet],
-        usage: Callable[[], Usage],
-        queue: Callable[[], dict[str, Any]] = lambda: {"waiting": 0},
+        self, fleet: FleetView, slots: UsageView, queue: QueueView, counted: Counted
     ) -> None:
         self._fleet = fleet
-        self._usage = usage
+        self._slots = slots
         self._queue = queue
+        self._counted = counted
         self.version = 0
-        self.requests = 0
-        self.errors = 0
         self._changed = asyncio.Event()
 
     def changed(self) -> None:
@@ -40,24 +99,20 @@ class StatusBoard:
             await self._changed.wait()
         return self.version
 
-    def snapshot(self) -> dict[str, Any]:
-        usage = dict(self._usage())
-        endpoints = [_endpoint(box, usage) for box in self._fleet().boxes]
+    def snapshot(self) -> Snapshot:
+        usage = dict(self._slots.usage)
+        requests, errors = self._counted.lifetime_requests()
         return {
-            "endpoints": endpoints,
-            "queue": self._queue(),
-            "totals": {
-                "requests": self.requests,
-                "errors": self.errors,
-                "in_flight": sum(usage.values()),
-            },
+            "endpoints": [_endpoint(box, usage) for box in self._fleet.fleet.boxes],
+            "queue": self._queue.queue_status(),
+            "totals": {"requests": requests, "errors": errors, "in_flight": sum(usage.values())},
         }
 
 
-def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> dict[str, Any]:
+def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> EndpointStatus:
     names = box.models | box.loaded | {m for (b, m) in usage if b == box.name}
     running = {canonical_model(e["name"]): e for e in box.running if isinstance(e.get("name"), str)}
-    models = [
+    models: list[ModelStatus] = [
         {
             "name": name,
             "loaded": name in box.loaded,
@@ -80,12 +135,11 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> dict[str, Any
     }
 
 
-def _memory(entry: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A loaded model's footprint and unload time, as the box's /api/ps gave them."""
+def _memory(entry: Mapping[str, Any] | None) -> Memory:
     if entry is None:
         return {}
     keys = ("size", "size_vram", "expires_at")
-    return {k: entry[k] for k in keys if isinstance(entry.get(k), int | str)}
+    return cast(Memory, {k: entry[k] for k in keys if isinstance(entry.get(k), int | str)})
 
 
 def _public_url(url: str) -> str:
