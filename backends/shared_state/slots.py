@@ -247,6 +247,11 @@ class RedisSlots:
                 self._trouble(exc)
         return place
 
+    @staticmethod
+    def order(place: Place) -> tuple[float, str]:
+        """The waiting room's order, as Redis keeps it (score, then name)."""
+        return (place.score, place.member)
+
     def leave(self, place: Place) -> None:
         """The ticket's request stops waiting without a slot (idempotent)."""
         if self._places.pop(place.member, None) is None or self.degraded:

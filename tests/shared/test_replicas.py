@@ -1,0 +1,168 @@
+"""Several ollamux replicas, one Redis, the same simulated boxes: real sockets throughout.
+
+Each replica is an independent ``create_app`` with the same config, served on its own
+port; the simulated boxes count how many requests of a model they held at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from ollamux.app import create_app
+from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.api.services import Services
+from tests.conftest import cluster_settings, serve_app
+from tests.shared.conftest import RedisServer
+
+MODEL = "llama3.2:latest"
+
+
+@dataclass
+class Replica:
+    url: str
+    services: Services
+    http: httpx.AsyncClient
+
+    async def status(self) -> dict[str, Any]:
+        resp = await self.http.get("/router/status")
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+
+@dataclass
+class Fleet:
+    boxes: list[SimBox]
+    replicas: list[Replica]
+
+    def held_at_once(self) -> dict[str, int]:
+        return {b.config.name: b.stats.max_held_per_model.get(MODEL, 0) for b in self.boxes}
+
+
+def box_config(name: str, **kw: Any) -> SimConfig:
+    return SimConfig(
+        name=name, num_parallel=2, tokens_per_s=400, default_tokens=16, preloaded=[MODEL], **kw
+    )
+
+
+@asynccontextmanager
+async def fleet(
+    redis: RedisServer | None, replicas: int = 3, boxes: int = 2, **extra: Any
+) -> AsyncIterator[Fleet]:
+    async with AsyncExitStack() as stack:
+        sims = [
+            await stack.enter_async_context(SimBox(box_config(f"gpu-{i}"))) for i in range(boxes)
+        ]
+        shared = {"shared_state": {"redis": redis.url, "lease_ttl": 2}} if redis else {}
+        running = []
+        for i in range(replicas):
+            settings = cluster_settings(sims, max_concurrent_connections=2, **shared, **extra)
+            if redis is not None:
+                settings = _named(settings, f"replica-{i}")
+            app = create_app(settings)
+            url = await stack.enter_async_context(serve_app(app))
+            svc: Services = app.state.services
+            if svc.shared is not None:
+                svc.shared.address = url.removeprefix("http://")
+            http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=30))
+            running.append(Replica(url, svc, http))
+        for replica in running:
+            await until_healthy(replica, boxes)
+        yield Fleet(sims, running)
+
+
+def _named(settings: Any, name: str) -> Any:
+    from dataclasses import replace
+
+    return replace(settings, shared_state=replace(settings.shared_state, replica=name))
+
+
+async def until_healthy(replica: Replica, boxes: int) -> None:
+    for _ in range(250):
+        status = await replica.status()
+        if sum(ep["health"] == "healthy" for ep in status["endpoints"]) == boxes:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the boxes never became healthy")
+
+
+async def chat(replica: Replica, user: str = "anonymous", **body: Any) -> list[dict[str, Any]]:
+    doc = {"model": MODEL, "messages": [{"role": "user", "content": f"hi from {user}"}], **body}
+    async with replica.http.stream(
+        "POST", "/api/chat", json=doc, headers={"X-User-Id": user}
+    ) as resp:
+        assert resp.status_code == 200, await resp.aread()
+        return [orjson.loads(line) async for line in resp.aiter_lines() if line]
+
+
+async def forty_clients(f: Fleet) -> list[list[dict[str, Any]]]:
+    return await asyncio.gather(
+        *(chat(f.replicas[i % len(f.replicas)], user=f"u{i}") for i in range(40))
+    )
+
+
+async def test_three_replicas_never_send_a_box_more_than_its_slots(
+    redis_server: RedisServer,
+) -> None:
+    async with fleet(redis_server) as f:
+        answers = await forty_clients(f)
+        assert all(a[-1]["done"] for a in answers)
+        held = f.held_at_once()
+        assert max(held.values()) <= 2, held
+        assert sum(b.stats.served_by_model[MODEL] for b in f.boxes) == 40
+        # Every replica took part, and every slot came back.
+        assert all(r.services.stats.lifetime_requests()[0] > 0 for r in f.replicas)
+        for r in f.replicas:
+            await wait_until(lambda r=r: _fleet_in_use_is(r, 0))
+
+
+async def test_without_shared_state_the_replicas_oversubscribe() -> None:
+    async with fleet(None) as f:
+        answers = await forty_clients(f)
+        assert all(a[-1]["done"] for a in answers)
+        held = f.held_at_once()
+        assert max(held.values()) > 2, held  # each replica counted only its own
+
+
+async def fleet_in_use(replica: Replica) -> int:
+    status = await replica.status()
+    return sum(m["in_use"] for ep in status["endpoints"] for m in ep["models"])
+
+
+async def wait_until(check: Any, within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_status_shows_the_fleet_and_its_replicas(redis_server: RedisServer) -> None:
+    async with fleet(redis_server) as f:
+        a, b, _c = f.replicas
+        slow = [asyncio.create_task(chat(a, options={"num_predict": 400})) for _ in range(3)]
+        await wait_until(lambda: _fleet_in_use_is(b, 3))
+        status = await b.status()
+        shared = {"backend": "redis", "healthy": True, "replica": "replica-1"}
+        assert status["shared_state"] == shared
+        await wait_until(lambda: _leases_listed(b, {"replica-0": 3}))
+        names = [(r["name"], r["address"]) for r in (await b.status())["replicas"]]
+        addresses = [r.url.removeprefix("http://") for r in f.replicas]
+        assert names == [(f"replica-{i}", address) for i, address in enumerate(addresses)]
+        await asyncio.gather(*slow)
+
+
+async def _fleet_in_use_is(replica: Replica, n: int) -> bool:
+    return await fleet_in_use(replica) == n
+
+
+async def _leases_listed(replica: Replica, expected: dict[str, int]) -> bool:
+    status = await replica.status()
+    leases = {r["name"]: r["leases"] for r in status["replicas"] if r["leases"]}
+    return leases == expected
