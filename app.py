@@ -209,6 +209,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 async def serve(app: Starlette, args: argparse.Namespace) -> None:
     settings: Settings = app.state.services.settings
+    if app.state.services.shared is not None:  # how other replicas' dashboards list us
+        app.state.services.shared.address = f"{args.host}:{args.port}"
     await server.serve(
         app,
         args.host,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from ollamux.routing.accounting import Counts
 from ollamux.routing.choose import Candidate, NoRoute, Request, rank
 from ollamux.routing.clock import Clock
 from ollamux.routing.dispatch import (
@@ -33,6 +34,7 @@ from ollamux.routing.dispatch import (
 from ollamux.routing.ledger import Lease
 from ollamux.routing.settings import Settings
 from ollamux.routing.state import Usage
+from ollamux.routing.traffic import Traffic
 from ollamux.routing.waiting import Ticket, Waiter
 
 log = logging.getLogger("ollamux.routing")
@@ -74,6 +76,10 @@ class SharedSlots(Protocol):
         """Requests waiting fleet-wide, per model."""
         ...
 
+    def broadcast(self, event: dict[str, Any]) -> None:
+        """Tell every other replica (best effort); they hear it in ``heard``."""
+        ...
+
 
 @dataclass(slots=True)
 class _Mirror:
@@ -93,6 +99,47 @@ class _Mirror:
         raise AssertionError("shared slots are released through SharedSlots.release")
 
 
+class SharedTraffic(Traffic):
+    """Traffic every replica hears of: fair-share service, box rate windows (rpm, tpm)
+    and 429 cool-downs. What this replica sees it also broadcasts; what another replica
+    broadcasts is applied here as if seen here, at the time it is heard."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        on_free: Callable[[], None],
+        broadcast: Callable[[dict[str, Any]], None],
+    ) -> None:
+        super().__init__(settings, clock, on_free)
+        self._broadcast = broadcast
+
+    def placed(self, box: str, ticket: Ticket, now: float) -> None:
+        super().placed(box, ticket, now)
+        self._broadcast({"e": "placed", "b": box, "u": ticket.user, "c": ticket.cost})
+
+    def finished(
+        self, box: str, model: str, user: str, ttft: float | None, counts: Counts, now: float
+    ) -> None:
+        super().finished(box, model, user, ttft, counts, now)
+        tokens = {"p": counts.prompt_tokens, "o": counts.output_tokens}
+        self._broadcast({"e": "done", "b": box, "m": model, "u": user, **tokens})
+
+    def refused(self, box: str, seconds: float, now: float) -> None:
+        super().refused(box, seconds, now)
+        self._broadcast({"e": "429", "b": box, "s": seconds})
+
+    def heard(self, event: dict[str, Any], now: float) -> None:
+        kind, box = event.get("e"), str(event.get("b"))
+        if kind == "placed":
+            super().placed(box, Ticket(str(event["u"]), cost=int(event["c"])), now)
+        elif kind == "done":
+            counts = Counts(prompt_tokens=int(event["p"]), output_tokens=int(event["o"]))
+            super().finished(box, str(event["m"]), str(event["u"]), None, counts, now)
+        elif kind == "429":
+            super().refused(box, float(event["s"]), now)
+
+
 class SharedDispatcher(Dispatcher):
     def __init__(
         self,
@@ -105,9 +152,26 @@ class SharedDispatcher(Dispatcher):
     ) -> None:
         super().__init__(settings, _Mirror(shared), prober, rng, clock, on_change)
         self._shared = shared
+        self.traffic = SharedTraffic(settings, self._clock, self.drain, shared.broadcast)
         self._places: dict[Waiter, Any] = {}
         self._draining: asyncio.Task[None] | None = None
         self._again = False
+
+    def remember(self, conversation: str, box: str) -> None:
+        """The conversation's box, for every replica (its next turn may reach another)."""
+        super().remember(conversation, box)
+        if self._settings.conversation_affinity:
+            self._shared.broadcast({"e": "aff", "k": conversation, "b": box})
+
+    def heard(self, event: dict[str, Any]) -> None:
+        """Another replica's broadcast."""
+        now = self._clock.now()
+        if event.get("e") == "aff":
+            if self._settings.conversation_affinity:
+                self.affinity.put(str(event["k"]), str(event["b"]), now)
+            return
+        assert isinstance(self.traffic, SharedTraffic)
+        self.traffic.heard(event, now)
 
     async def acquire(self, req: Request, display_name: str, ticket: Ticket = NORMAL) -> Lease:
         placed = await self._place_shared(req, ticket)

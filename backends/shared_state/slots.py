@@ -401,7 +401,10 @@ class RedisSlots:
         elif kind == "moved":
             self.on_freed()
         elif event.get("r") != self.replica:
-            self.on_event(event)
+            try:
+                self.on_event(event)
+            except Exception:  # one odd message must not stop the listener
+                log.exception("shared state: could not apply %r", event)
 
     # -- Redis trouble ----------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class Services:
                 timeout=shared.timeout,
                 on_change=self._usage_changed,
                 on_freed=self._slot_freed,
+                on_event=self._heard,
             )
             self.dispatcher = SharedDispatcher(
                 settings,
@@ -103,6 +104,11 @@ class Services:
 
     def _waiting_changed(self) -> None:
         self.board.changed()
+
+    def _heard(self, event: dict[str, Any]) -> None:
+        """Another replica's news: a conversation's box, service, rate use, a 429."""
+        if isinstance(self.dispatcher, SharedDispatcher):
+            self.dispatcher.heard(event)
 
     def _slot_freed(self) -> None:
         self.dispatcher.drain()  # a slot freed on some replica: waiters here may fit now

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -166,3 +167,56 @@ async def _leases_listed(replica: Replica, expected: dict[str, int]) -> bool:
     status = await replica.status()
     leases = {r["name"]: r["leases"] for r in status["replicas"] if r["leases"]}
     return leases == expected
+
+
+async def test_a_conversation_keeps_its_box_across_replicas(redis_server: RedisServer) -> None:
+    async with fleet(redis_server) as f:
+        for n in range(4):
+            session = f"conversation-{n}"
+            first, *others = f.replicas[n % 3 :] + f.replicas[: n % 3]
+            box = await turn(first, session)
+            for replica in others * 2:
+                # The next turn may reach any replica once the first one has answered.
+                await wait_until(partial(_explained, replica, session, box), within=3)
+                assert await turn(replica, session) == box
+
+
+async def turn(replica: Replica, session: str) -> str:
+    doc = {"model": MODEL, "messages": [{"role": "user", "content": session}], "stream": False}
+    resp = await replica.http.post("/api/chat", json=doc, headers={"X-Session-Id": session})
+    assert resp.status_code == 200
+    return resp.headers["x-ollamux-endpoint"]
+
+
+async def _explained(replica: Replica, session: str, box: str) -> bool:
+    resp = await replica.http.get("/router/explain", params={"model": MODEL, "session": session})
+    return bool(resp.json()["chosen"] == box)
+
+
+async def test_a_flood_through_one_replica_does_not_starve_a_user_on_another(
+    redis_server: RedisServer,
+) -> None:
+    async with fleet(redis_server, replicas=2, boxes=1) as f:
+        a, b = f.replicas
+        for box in f.boxes:
+            box.config.tokens_per_s = 40  # 24 tokens: 0.6 s a request, two at a time
+        order: list[str] = []
+
+        async def one(replica: Replica, user: str) -> None:
+            await chat(replica, user=user, options={"num_predict": 24})
+            order.append(user)
+
+        flood = [asyncio.create_task(one(a, "batch")) for _ in range(14)]
+        await wait_until(lambda: _waiting_is_at_least(b, 10))
+        arrived = len(order)
+        alice = [asyncio.create_task(one(b, "alice")) for _ in range(2)]
+        await asyncio.gather(*alice, *flood)
+        after = order[arrived:]
+        # Alice's two requests overtake the flood's queued ones: at most the flood's
+        # requests already holding the box's two slots finish before hers.
+        last_alice = max(i for i, u in enumerate(after) if u == "alice")
+        assert after[: last_alice + 1].count("batch") <= 2, after
+
+
+async def _waiting_is_at_least(replica: Replica, n: int) -> bool:
+    return int((await replica.status())["queue"]["waiting"]) >= n
