@@ -48,9 +48,8 @@ class Fleet:
 
 
 def box_config(name: str, **kw: Any) -> SimConfig:
-    return SimConfig(
-        name=name, num_parallel=2, tokens_per_s=400, default_tokens=16, preloaded=[MODEL], **kw
-    )
+    knobs: dict[str, Any] = {"num_parallel": 2, "tokens_per_s": 400, "default_tokens": 16}
+    return SimConfig(name=name, preloaded=[MODEL], **{**knobs, **kw})
 
 
 @asynccontextmanager
