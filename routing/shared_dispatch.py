@@ -56,8 +56,11 @@ class SharedSlots(Protocol):
         *,
         priority: int = 1,
         service: float = 0.0,
+        user: str = "anonymous",
+        cost: int = 0,
     ) -> tuple[int, Any] | None:
-        """The first (box, model, slots) with room: its index and a handle, or None."""
+        """The first (box, model, slots) with room: its index and a handle, or None.
+        The store tells every other replica of the placement (``user``, ``cost``)."""
         ...
 
     def release(self, held: Any) -> None: ...
@@ -114,9 +117,7 @@ class SharedTraffic(Traffic):
         super().__init__(settings, clock, on_free)
         self._broadcast = broadcast
 
-    def placed(self, box: str, ticket: Ticket, now: float) -> None:
-        super().placed(box, ticket, now)
-        self._broadcast({"e": "placed", "b": box, "u": ticket.user, "c": ticket.cost})
+    # placed: the store's reservation itself tells the other replicas (one round trip).
 
     def finished(
         self, box: str, model: str, user: str, ttft: float | None, counts: Counts, now: float
@@ -193,7 +194,11 @@ class SharedDispatcher(Dispatcher):
             return decision
         service = self._service(ticket)
         got = await self._shared.reserve(
-            self._candidates(req, ranked), priority=ticket.priority, service=service
+            self._candidates(req, ranked),
+            priority=ticket.priority,
+            service=service,
+            user=ticket.user,
+            cost=ticket.cost,
         )
         if got is None:
             return Wait(None)  # the counts were stale, or others wait first
@@ -280,7 +285,11 @@ class SharedDispatcher(Dispatcher):
                     if pin is not None:
                         continue
                     break
-                got = await self._shared.reserve(self._candidates(waiter.req, ranked), place)
+                ticket = waiter.ticket
+                candidates = self._candidates(waiter.req, ranked)
+                got = await self._shared.reserve(
+                    candidates, place, user=ticket.user, cost=ticket.cost
+                )
                 if got is None:
                     if pin is not None:
                         continue  # later waiters of this model may take other boxes

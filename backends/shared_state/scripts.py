@@ -13,7 +13,10 @@ from __future__ import annotations
 # KEYS: the candidates' slot sets, best first, the index of slot sets, the model's
 # waiting room (a sorted set of tickets) and the tickets' expiries.
 # ARGV: lease id, ttl (ms), ticket ('' for a request that has not waited), its score
-# (priority, then fair share; arrival breaks ties by name), then each candidate's slots.
+# (priority, then fair share; arrival breaks ties by name), each candidate's slots, then
+# the channel, the user, the request's cost and the replica, and each candidate's box:
+# the placement is announced to every replica (fair share, rate windows) from here, which
+# spares a round trip.
 # The waiting room's global order: a request takes a slot only while the candidates
 # have more free slots than there are tickets ahead of it, wherever those wait.
 # Returns {picked (1-based; 0: none), {count per candidate after the script}, ahead}.
@@ -47,6 +50,9 @@ if free > ahead then
       redis.call('SADD', KEYS[n + 1], KEYS[i])
       counts[i] = counts[i] + 1
       picked = i
+      redis.call('PUBLISH', ARGV[n + 5], cjson.encode({
+        e = 'placed', b = ARGV[n + 8 + i], u = ARGV[n + 6], c = tonumber(ARGV[n + 7]),
+        r = ARGV[n + 8]}))
       break
     end
   end
@@ -80,7 +86,7 @@ end
 return gone
 """
 
-# KEYS: the lease's slot set. ARGV: lease id, channel, box, model.
+# KEYS: the lease's slot set. ARGV: lease id, channel, box, model, replica.
 # Idempotent: only a lease that was still there is announced as freed.
 RELEASE = """
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
@@ -89,7 +95,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local c = redis.call('ZCARD', KEYS[1])
 if removed == 1 then
-  redis.call('PUBLISH', ARGV[2], cjson.encode({e = 'free', b = ARGV[3], m = ARGV[4], n = c}))
+  redis.call('PUBLISH', ARGV[2],
+    cjson.encode({e = 'free', b = ARGV[3], m = ARGV[4], n = c, r = ARGV[5]}))
 end
 return c
 """

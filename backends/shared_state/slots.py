@@ -106,6 +106,7 @@ class RedisSlots:
         self._fleet: dict[Key, int] = {}  # fleet-wide, as last heard from Redis
         self._unreleased: dict[str, Held] = {}  # ended while Redis was away
         self._places: dict[str, Place] = {}  # this replica's waiting tickets
+        self._outbox: list[dict[str, Any]] = []  # broadcasts of this turn of the loop
         self._waiting: dict[str, int] = {}  # fleet-wide, per model
         self._replicas: list[dict[str, Any]] = []
         self._live_replicas = 1
@@ -193,11 +194,14 @@ class RedisSlots:
         *,
         priority: int = 1,
         service: float = 0.0,
+        user: str = "anonymous",
+        cost: int = 0,
     ) -> tuple[int, Held] | None:
         """Take a slot on the first candidate with room (its index and the lease), or
         None when every one is full or requests that wait anywhere come first: ``place``
         is this request's ticket if it waits, else ``priority`` and ``service`` say where
-        it would stand. Candidates come ranked, best first, all of one model."""
+        it would stand. Candidates come ranked, best first, all of one model. Every
+        replica hears of the placement (``user`` and its ``cost``: fair share)."""
         if not candidates:
             return None
         lease_id = f"{self.replica}:{self._token}:{next(self._ids)}"
@@ -208,6 +212,7 @@ class RedisSlots:
             rank = place.score if place is not None else score(priority, service)
             args: list[Any] = [lease_id, self._ttl_ms, place.member if place else "", rank]
             args += [slots for _, _, slots in candidates]
+            args += [self.channel, user, cost, self.replica, *(box for box, _, _ in candidates)]
             try:
                 picked, counts, _ahead = await self._reserve(keys=keys, args=args)
             except TROUBLE as exc:
@@ -284,7 +289,7 @@ class RedisSlots:
         try:
             n = await self._release(
                 keys=[self._set(held.box, held.model)],
-                args=[held.id, self.channel, held.box, held.model],
+                args=[held.id, self.channel, held.box, held.model, self.replica],
             )
         except TROUBLE as exc:
             self._unreleased[held.id] = held
@@ -367,11 +372,19 @@ class RedisSlots:
     # -- events from other replicas ---------------------------------------------------
 
     def broadcast(self, event: dict[str, Any]) -> None:
-        """Tell every other replica (affinity, fair share, cool-downs); best effort."""
+        """Tell every other replica (affinity, fair share, cool-downs); best effort.
+        Events of one turn of the event loop go out as one message."""
         if self.degraded or self._client is None:
             return
-        payload = orjson.dumps({**event, "r": self.replica})
-        self._spawn(self._client.publish(self.channel, payload))
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(event)
+
+    def _flush(self) -> None:
+        events, self._outbox = self._outbox, []
+        if events and self._client is not None and not self.degraded:
+            payload = orjson.dumps({"e": "batch", "r": self.replica, "events": events})
+            self._spawn(self._client.publish(self.channel, payload))
 
     async def _listen(self) -> None:
         while not self._stopping:
@@ -392,19 +405,23 @@ class RedisSlots:
 
     def _heard(self, event: dict[str, Any]) -> None:
         kind = event.get("e")
+        mine = event.get("r") == self.replica
         if kind == "free":
-            self._set_count((event["b"], event["m"]), int(event["n"]))
-            self.on_change()
+            if not mine:  # our own release already took the script's count
+                self._set_count((event["b"], event["m"]), int(event["n"]))
+                self.on_change()
             self.on_freed()
         elif kind == "sweep":
             self._spawn(self._quietly(self.sweep))
         elif kind == "moved":
             self.on_freed()
-        elif event.get("r") != self.replica:
-            try:
-                self.on_event(event)
-            except Exception:  # one odd message must not stop the listener
-                log.exception("shared state: could not apply %r", event)
+        elif not mine:
+            events = event["events"] if kind == "batch" else [event]
+            for one in events:
+                try:
+                    self.on_event(one)
+                except Exception:  # one odd message must not stop the listener
+                    log.exception("shared state: could not apply %r", one)
 
     # -- Redis trouble ----------------------------------------------------------------
 
@@ -429,7 +446,7 @@ class RedisSlots:
                 for held in list(self._unreleased.values()):
                     await self._release(
                         keys=[self._set(held.box, held.model)],
-                        args=[held.id, self.channel, held.box, held.model],
+                        args=[held.id, self.channel, held.box, held.model, self.replica],
                     )
                     self._unreleased.pop(held.id, None)
                 await self.sweep(force=True)

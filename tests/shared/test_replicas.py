@@ -18,6 +18,7 @@ import orjson
 
 from ollamux.app import create_app
 from ollamux.backends.sim.ollama import SimBox, SimConfig
+from ollamux.routing.affinity import conversation_key
 from ollamux.routing.api.services import Services
 from tests.conftest import cluster_settings, serve_app
 from tests.shared.conftest import RedisServer
@@ -176,7 +177,7 @@ async def test_a_conversation_keeps_its_box_across_replicas(redis_server: RedisS
             box = await turn(first, session)
             for replica in others * 2:
                 # The next turn may reach any replica once the first one has answered.
-                await wait_until(partial(_explained, replica, session, box), within=3)
+                await wait_until(partial(_knows, replica, session, box), within=3)
                 assert await turn(replica, session) == box
 
 
@@ -187,9 +188,11 @@ async def turn(replica: Replica, session: str) -> str:
     return resp.headers["x-ollamux-endpoint"]
 
 
-async def _explained(replica: Replica, session: str, box: str) -> bool:
-    resp = await replica.http.get("/router/explain", params={"model": MODEL, "session": session})
-    return bool(resp.json()["chosen"] == box)
+async def _knows(replica: Replica, session: str, box: str) -> bool:
+    """The replica has heard which box serves the conversation (the broadcast arrived)."""
+    key = conversation_key(MODEL, {}, session)
+    table = replica.services.dispatcher.affinity
+    return table.get(key, asyncio.get_running_loop().time()) == box
 
 
 async def test_a_flood_through_one_replica_does_not_starve_a_user_on_another(
