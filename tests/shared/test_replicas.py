@@ -156,6 +156,12 @@ async def test_status_shows_the_fleet_and_its_replicas(redis_server: RedisServer
         names = [(r["name"], r["address"]) for r in (await b.status())["replicas"]]
         addresses = [r.url.removeprefix("http://") for r in f.replicas]
         assert names == [(f"replica-{i}", address) for i, address in enumerate(addresses)]
+        metrics = (await b.http.get("/metrics")).text
+        assert "ollamux_shared_state_healthy 1.0" in metrics
+        assert 'ollamux_replica_leases{replica="replica-0"} 3.0' in metrics
+        assert "ollamux_in_flight 3.0" in metrics  # fleet-wide, though b holds none
+        health = (await b.http.get("/router/health")).json()
+        assert health["status"] == "ok" and health["shared_state"]["healthy"] is True
         await asyncio.gather(*slow)
 
 
