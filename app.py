@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -210,7 +211,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 async def serve(app: Starlette, args: argparse.Namespace) -> None:
     settings: Settings = app.state.services.settings
     if app.state.services.shared is not None:  # how other replicas' dashboards list us
-        app.state.services.shared.address = f"{args.host}:{args.port}"
+        host = socket.gethostname() if args.host in ("0.0.0.0", "::", "") else args.host
+        app.state.services.shared.address = f"{host}:{args.port}"
     await server.serve(
         app,
         args.host,
