@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import signal
 import socket
@@ -28,10 +29,12 @@ from starlette.responses import Response
 
 from ollamux.backends.relay import Exchanges
 from ollamux.routing.api import admin as admin_api
-from ollamux.routing.api import auth, server
+from ollamux.routing.api import audio as audio_api
+from ollamux.routing.api import auth, server, surface
 from ollamux.routing.api import models as fleet_api
 from ollamux.routing.api import ollama as ollama_api
 from ollamux.routing.api import openai as openai_api
+from ollamux.routing.api import responses as responses_api
 from ollamux.routing.api import router as router_api
 from ollamux.routing.api.auth import Auth, AuthMiddleware
 from ollamux.routing.api.client_limits import ClientLimits
@@ -71,9 +74,12 @@ def create_app(
             *ollama_api.routes,
             *fleet_api.routes,
             *openai_api.routes,
+            *responses_api.routes,
+            *audio_api.routes,
             *router_api.routes,
             *admin_api.routes,
             *auth.routes,
+            *surface.routes,  # last: Ollama's routes ollamux does not serve (501)
         ],
         middleware=[
             *cors(settings),
@@ -136,6 +142,8 @@ def error_response(request: Request, exc: ProxyError) -> Response:
     content: dict[str, Any]
     if request.url.path.startswith("/v1/"):
         content = {"error": {"message": exc.message, "type": exc.code, "code": exc.status}}
+        if exc.param is not None:
+            content["error"]["param"] = exc.param
     else:
         content = {"error": exc.message}
     return Response(
@@ -173,11 +181,25 @@ async def render_unexpected(request: Request, exc: Exception) -> Response:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="ollamux", description="One Ollama URL in front of many GPU boxes."
+        prog="ollamux",
+        description="One Ollama URL in front of many GPU boxes.",
+        epilog="ollamux check [--config PATH]: probe every box of a config once and print "
+        "what answers (exit 1 when a box does not, 2 when the config is refused).",
     )
-    parser.add_argument("--config", help="YAML config (default: ./ollamux.yaml if present)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=12434, help="port to listen on")
+    parser.add_argument("--version", action="version", version=f"ollamux {_version()}")
+    parser.add_argument(
+        "--config",
+        help="YAML config (default: ./ollamux.yaml if present, else one Ollama box at "
+        "http://127.0.0.1:11434)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 serves the LAN (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=12434, help="port to listen on (default: %(default)s)"
+    )
     parser.add_argument(
         "--demo", action="store_true", help="serve simulated boxes on loopback (no GPU needed)"
     )
@@ -187,14 +209,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_false",
         help="with --demo: do not play demo clients against the proxy",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="(default: %(default)s)",
+    )
     parser.add_argument(
         "--server",
         default=server.DEFAULT_SERVER,
         choices=server.SERVERS,
-        help="the ASGI server (default: %(default)s, chosen by the bench/ figures)",
+        help="the ASGI server, chosen by the bench/ figures; granian needs the extra: "
+        "pip install 'ollamux[granian]' (default: %(default)s)",
     )
     return parser.parse_args(argv)
+
+
+def parse_check_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ollamux check",
+        description="Probe every box of a config once; print box, kind, reachable, version, "
+        "models and loaded models; exit 1 when a box does not answer as a box of its kind, "
+        "2 when the config is refused.",
+    )
+    parser.add_argument("--config", help="YAML config (default: ./ollamux.yaml if present)")
+    return parser.parse_args(argv)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ollamux")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def config_path(args: argparse.Namespace) -> str | None:
@@ -225,7 +273,12 @@ async def serve(app: Starlette, args: argparse.Namespace) -> None:
     )
 
 
+def describe_boxes(settings: Settings) -> str:
+    return ", ".join(f"{ep.name} ({ep.url}, {ep.kind})" for ep in settings.endpoints)
+
+
 async def run(args: argparse.Namespace, settings: Settings | None) -> None:
+    log.info("listening on http://%s:%d (dashboard: /dashboard)", _host(args.host), args.port)
     if settings is not None:
         await serve(create_app(settings, config_path(args)), args)
         return
@@ -233,18 +286,56 @@ async def run(args: argparse.Namespace, settings: Settings | None) -> None:
 
     traffic = traffic_url(args.host, args.port) if args.demo_traffic else None
     async with demo_cluster(traffic) as demo:
+        print(f"ollamux demo: simulated boxes {describe_boxes(demo)}", flush=True)
         print(f"ollamux demo: open http://{args.host}:{args.port}/dashboard", flush=True)
         await serve(create_app(demo), args)
 
 
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def check_main(argv: Sequence[str]) -> None:
+    """``ollamux check``: exit 0 when every box answers, 1 when one does not, 2 when the
+    config is refused."""
+    from ollamux.backends.check import check
+
+    args = parse_check_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the table says what the probes found
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"ollamux: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    path = config_path(args)
+    print(f"# config: {Path(path).resolve() if path else 'none (one local Ollama box)'}")
+    report = asyncio.run(check(settings))
+    print(report.table())
+    raise SystemExit(0 if report.ok else 1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:
+        check_main(argv[1:])
     args = parse_args(argv)
+    if args.server == "granian" and importlib.util.find_spec("granian") is None:
+        # Before the demo's boxes or anything else start, not as a traceback after.
+        print(
+            "ollamux: --server granian needs granian: pip install 'ollamux[granian]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     # SIGTERM stops gracefully like Ctrl-C, and so exits with status 0.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         # A bad config is refused before anything starts listening.
         settings = None if args.demo else settings_from(args)
+        if settings is not None:
+            path = config_path(args)
+            source = str(Path(path).resolve()) if path else "none (one local Ollama box)"
+            log.info("config: %s; boxes: %s", source, describe_boxes(settings))
         import uvloop
 
         uvloop.run(run(args, settings))

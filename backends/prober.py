@@ -164,6 +164,14 @@ class Prober:
         self.fleet = self.fleet.replace(state)
         self._on_change()
 
+    def lacks(self, name: str, path: str) -> None:
+        """Traffic found that ``name`` does not serve ``path`` (a 404 whose translation
+        worked): not a failure; requests for that route are translated for it."""
+        state = self.fleet.by_name.get(name)
+        if state is not None and path not in state.lacking:
+            log.info("box %s does not serve %s: translating for it", name, path)
+            self._publish(replace(state, lacking=state.lacking | {path}))
+
     def poke(self, name: str) -> None:
         """Probe this box now (traffic found it failing)."""
         if name in self._boxes:
@@ -236,13 +244,16 @@ class Prober:
                 slots=probed.slots,
                 openai_api=probed.openai_api,
             )
+            if probed.version != current.version:
+                fields["lacking"] = frozenset()  # upgraded: what it lacked, it may serve now
+        if probed.answered and not current.answered:
+            fields["answered"] = True
         new = replace(current, **fields)
         back = current.health is Health.DOWN and new.health is Health.HEALTHY
         if back and box.breaker.recovered():
             new = replace(new, breaker=box.breaker.state)
         if new != current:
-            if new.health != current.health:
-                log.info("box %s is %s%s", name, new.health, f": {new.error}" if new.error else "")
+            _log_change(name, current, new)
             self._publish(new)
 
     async def _probe(self, box: _Box, old: BoxState, models: bool) -> BoxState:
@@ -271,18 +282,43 @@ class Prober:
         else:
             reached = True
             state = replace(state, loaded=loaded.names, running=loaded.raw)
-        reached = reached or any(isinstance(e, UpstreamBadAnswer) for e in errors)
+        # A box answers "as a box of its kind" when a probe succeeds, or when it says it
+        # cannot serve now (5xx: busy, loading). A 4xx or an answer without a model list
+        # means no box of that kind at this URL (a wrong path or port, a wrong key).
+        reached = reached or any(_busy(e) for e in errors)
         if not errors:
             box.failures = 0
-            return replace(state, health=Health.HEALTHY, error=None)
+            return replace(state, health=Health.HEALTHY, error=None, answered=True)
         error = errors[0].message
         if reached:
             box.failures = 0
-            return replace(state, health=Health.DEGRADED, error=error)
+            return replace(state, health=Health.DEGRADED, error=error, answered=True)
+        if isinstance(errors[0], UpstreamBadAnswer):
+            error = f"{error}: no {box.ep.kind} box answers at {box.ep.url}; check its url"
         box.failures += 1
         never_up = old.health in (Health.UNKNOWN, Health.DOWN)
         down = never_up or box.failures >= DOWN_AFTER
         return replace(state, health=Health.DOWN if down else Health.DEGRADED, error=error)
+
+
+def _busy(error: UpstreamError) -> bool:
+    """The box answered as its kind but cannot serve now (5xx, 429)."""
+    status = error.answered if isinstance(error, UpstreamBadAnswer) else None
+    return status is not None and (status >= 500 or status == 429)
+
+
+def _log_change(name: str, old: BoxState, new: BoxState) -> None:
+    """Once per change, never per probe: down is a warning, back up is news, and a probe
+    failing on a box that still answers is worth a line at INFO."""
+    if new.health == old.health:
+        return
+    reason = f": {new.error}" if new.error else ""
+    if new.health is Health.DOWN:
+        log.warning("box %s is down%s", name, reason)
+    elif old.health in (Health.DOWN, Health.UNKNOWN):
+        log.info("box %s is up (%s)%s", name, new.health, reason)
+    else:
+        log.info("box %s is %s%s", name, new.health, reason)
 
 
 def _fresh_state(settings: Settings, ep: Endpoint, index: int) -> BoxState:

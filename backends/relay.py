@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -61,13 +61,24 @@ class Translator(Protocol):
     def whole(self, status: int, body: bytes) -> bytes: ...  # a body read whole
 
 
+@runtime_checkable
+class Breakable(Protocol):
+    """A translator whose API has its own way to end a broken stream (the Responses
+    API's ``error`` event): it says it, rather than the relay's generic last line."""
+
+    def broken(self, error: ProxyError) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """What to send to one box for one client request: the box's path and body."""
+    """What to send to one box for one client request: the box's path and body.
+    ``fallback``: what to send instead when the box answers 404 on ``path`` (a route it
+    may not serve, tried bytes through first); the exchange remembers which boxes lack it."""
 
     path: str
     body: bytes
     translator: Translator | None = None
+    fallback: Outbound | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +88,8 @@ class Target:
     api_key: str | None
     body: bytes
     translator: Translator | None = None
+    fallback: Target | None = None
+    path: str = ""  # the path on the box (for remembering a route it lacks)
 
 
 @dataclass(slots=True)
@@ -140,6 +153,8 @@ class Exchange:
         on_failure: Callable[[str], None] = lambda box: None,
         on_refused: Callable[[str, str | None], None] = lambda box, retry_after: None,
         on_done: Callable[[Outcome], None] = lambda outcome: None,
+        on_unsupported: Callable[[str, str], None] = lambda box, path: None,
+        stream_error: Callable[[ProxyError, bytes], bytes] | None = None,
     ) -> None:
         self._up = upstream
         self._place = place
@@ -151,6 +166,8 @@ class Exchange:
         self._on_failure = on_failure
         self._on_refused = on_refused
         self._on_done = on_done
+        self._on_unsupported = on_unsupported
+        self._stream_error = stream_error  # a broken stream's last bytes, if not the default
         self.outcome = Outcome(box=None, model=model, path=path)
         self._phase = "waiting"
         self._resp: Response | None = None
@@ -215,6 +232,8 @@ class Exchange:
         """Place the request and send it; before the first byte reaches the client, a box
         that fails (unreachable, reset, timeout, 5xx) is replaced by the next best."""
         failed: set[str] = set()
+        reasons: list[str] = []
+        lacking: Target | None = None  # answered 404 on a route it may lack: its fallback runs
         try:
             self._lease, self._target = await self._place(frozenset())
             while True:
@@ -230,10 +249,23 @@ class Exchange:
                 except UpstreamError as exc:
                     self._on_failure(target.box)
                     failed.add(target.box)
+                    reasons.append(exc.message)
                     if not await self._next_box(failed):
-                        self.outcome.status = exc.status
-                        raise
+                        error = _unreachable(exc, reasons)
+                        self.outcome.status = error.status
+                        raise error from exc
                     continue
+                if resp.status == 404 and target.fallback is not None:
+                    # Not a failure: the box may lack the route. Its translation goes to
+                    # the same box, on the same slot.
+                    resp.close()
+                    lacking, self._target = target, target.fallback
+                    continue
+                if lacking is not None:
+                    if lacking.box == target.box and resp.status != 404:
+                        # The translation found the model, so the 404 was the route's.
+                        self._on_unsupported(lacking.box, lacking.path)
+                    lacking = None
                 if resp.status >= 500 or resp.status == 429:
                     if resp.status == 429:  # rate-limited: it rests, no mark against health
                         self._on_refused(target.box, resp.header("retry-after"))
@@ -328,10 +360,7 @@ class Exchange:
                 if error is exc:
                     log.warning("%s", exc.message)
                     self._on_failure(resp.box)
-                kind = resp.content_type
-                if translator is not None:
-                    kind = translator.content_type(resp.status, kind)
-                await _send_quietly(send, _error_tail(kind, error))
+                await _send_quietly(send, self._broken(resp, translator, error, prev + last))
             return
         except OSError:  # the client went away while we wrote to it
             outcome.client_gone = True
@@ -341,10 +370,31 @@ class Exchange:
             resp.close()
         await _send_quietly(send, b"" if translator is None else translator.end())
 
+    def _broken(
+        self, resp: Response, translator: Translator | None, error: ProxyError, tail: bytes
+    ) -> bytes:
+        """The last bytes of a stream the box broke off, in the client's API's framing."""
+        if isinstance(translator, Breakable):
+            return translator.broken(error)
+        if translator is None and self._stream_error is not None:
+            return self._stream_error(error, tail)
+        kind = resp.content_type
+        if translator is not None:
+            kind = translator.content_type(resp.status, kind)
+        return _error_tail(kind, error)
+
     def _release(self) -> None:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+
+
+def _unreachable(exc: UpstreamError, reasons: list[str]) -> ProxyError:
+    """No box could be reached for this request: that is the fleet being down, a 503 with
+    Retry-After naming the boxes tried and why (a box that timed out stays a 504)."""
+    if type(exc) is not UpstreamError:
+        return exc
+    return NoCapacity(f"no box could take the request: {'; '.join(reasons)}", retry_after=5)
 
 
 def _error_tail(content_type: str, exc: ProxyError) -> bytes:

@@ -177,7 +177,9 @@ class Upstream:
             resp.close()
             raise UpstreamError(f"box {box}: {url} broke off: {_reason(exc)}", box=box) from exc
         if resp.status >= 300:
-            raise UpstreamBadAnswer(f"box {box}: {url} answered {resp.status}", box=box)
+            raise UpstreamBadAnswer(
+                f"box {box}: {url} answered {resp.status}", box=box, status=resp.status
+            )
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -223,7 +223,9 @@ def load(mode: str, urls: Sequence[str], watch: Sequence[Proc] = (), **flags: An
     for url in urls:
         argv += ["--url", url]
     for key, value in flags.items():
-        argv += ["--" + key.replace("_", "-"), str(value)]
+        if value is False:
+            continue
+        argv += ["--" + key.replace("_", "-")] + ([] if value is True else [str(value)])
     if gate and QUIET_GATE["on"]:
         wait_quiet()
     before = [p.cpu() for p in watch]

@@ -42,6 +42,18 @@ def chat_body(*, stream: bool, tokens: int) -> bytes:
     )
 
 
+def openai_chat_body(*, tokens: int) -> bytes:
+    """The same request as ``chat_body(stream=True)``, in OpenAI's shape."""
+    return orjson.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "say something short"}],
+            "stream": True,
+            "max_tokens": tokens,
+        }
+    )
+
+
 def raw_request(url: str, path: str, body: bytes) -> bytes:
     netloc = urlsplit(url).netloc
     head = (
@@ -229,23 +241,28 @@ async def spread(
     }
 
 
-async def stream(urls: list[str], tokens: int, rounds: int) -> dict[str, Any]:
-    """One long stream at a time; chunks/s counts NDJSON lines as the client receives them."""
-    body = chat_body(stream=True, tokens=tokens)
+async def stream(urls: list[str], tokens: int, rounds: int, v1_first: bool) -> dict[str, Any]:
+    """One long stream at a time; chunks/s counts NDJSON lines (or server-sent events) as
+    the client receives them. ``v1_first``: the first URL is asked at OpenAI's
+    /v1/chat/completions (its events counted), the others at Ollama's /api/chat."""
+    requests = [raw_request(u, "/api/chat", chat_body(stream=True, tokens=tokens)) for u in urls]
+    if v1_first:
+        requests[0] = raw_request(urls[0], "/v1/chat/completions", openai_chat_body(tokens=tokens))
     runs: list[list[dict[str, float]]] = [[] for _ in urls]
     for r in range(rounds + 1):  # round 0 warms up
         order = range(len(urls)) if r % 2 == 0 else reversed(range(len(urls)))
         for k in order:
             conn = await Conn.open(urls[k])
-            reply = await conn.exchange(raw_request(urls[k], "/api/chat", body))
+            reply = await conn.exchange(requests[k])
             conn.close()
             seconds = reply.ended_at - reply.headers_at
+            chunks = reply.lines // 2 if v1_first and k == 0 else reply.lines  # "data: ..\n\n"
             if r > 0:
                 runs[k].append(
                     {
-                        "chunks": reply.lines,
+                        "chunks": chunks,
                         "seconds": round(seconds, 4),
-                        "chunks_per_s": round(reply.lines / seconds, 1),
+                        "chunks_per_s": round(chunks / seconds, 1),
                         "mb_per_s": round(reply.size / seconds / 1e6, 2),
                     }
                 )
@@ -300,6 +317,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=20000)
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--v1-first", action="store_true", help="stream: first URL via /v1")
     args = parser.parse_args()
     if args.mode == "serial":
         coro = serial(args.url, args.requests, int(args.warmup))
@@ -308,7 +326,7 @@ def main() -> None:
     elif args.mode == "spread":
         coro = spread(args.url, args.concurrency, args.warmup, args.seconds, args.rounds)
     elif args.mode == "stream":
-        coro = stream(args.url, args.tokens, args.rounds)
+        coro = stream(args.url, args.tokens, args.rounds, args.v1_first)
     else:
         coro = hold(args.url[0], args.streams, args.tokens, args.seconds)
     result = uvloop.run(coro)

@@ -9,7 +9,10 @@ box directly in the same run, interleaved, and reported as a ratio:
   request by request between ollamux and the box; added = ollamux - direct (p50, p99);
 - capacity: 64 clients in a closed loop, non-streaming /api/chat, alternating rounds;
 - one long stream: /api/chat streaming N tokens, chunks (NDJSON lines) per second as
-  the client receives them, alternating streams.
+  the client receives them, alternating streams;
+- one long ``/v1`` stream: the same stream asked of ollamux at /v1/chat/completions (the
+  box speaks only Ollama's API, so ollamux translates each chunk to an OpenAI event)
+  against the box's own /api/chat: events per second against chunks per second.
 
     python bench/overhead.py                # about a minute
     python bench/overhead.py --server granian --json overhead.json
@@ -80,6 +83,9 @@ def main() -> None:
         )
         cap = capacity(procs, urls, args)
         stream = load("stream", urls, tokens=args.stream_tokens, rounds=args.stream_rounds)
+        v1 = load(
+            "stream", urls, tokens=args.stream_tokens, rounds=args.stream_rounds, v1_first=True
+        )
 
     (ox_lat, box_lat) = serial["latency_ms"]
     results: dict[str, Any] = {
@@ -111,8 +117,14 @@ def main() -> None:
             "ratio": ratio(stream["chunks_per_s"][0], stream["chunks_per_s"][1]),
             "runs": {"ollamux": stream["runs"][0], "direct": stream["runs"][1]},
         },
+        "v1_stream": {
+            "tokens": args.stream_tokens,
+            "chunks_per_s": {"ollamux": v1["chunks_per_s"][0], "direct": v1["chunks_per_s"][1]},
+            "ratio": ratio(v1["chunks_per_s"][0], v1["chunks_per_s"][1]),
+            "runs": {"ollamux": v1["runs"][0], "direct": v1["runs"][1]},
+        },
     }
-    c, s = results["capacity"], results["stream"]
+    c, s, v = results["capacity"], results["stream"], results["v1_stream"]
     lines = [
         f"{'':34}{'ollamux':>12}{'direct':>12}{'ratio / added':>16}",
         f"{'serial latency p50 (ms)':34}{ox_lat['p50']:>12.3f}{box_lat['p50']:>12.3f}"
@@ -123,6 +135,8 @@ def main() -> None:
         f"{c['requests_per_s']['ollamux']:>12.0f}{c['requests_per_s']['direct']:>12.0f}{c['ratio']:>16.2f}",
         f"{'one stream (chunks/s)':34}"
         f"{s['chunks_per_s']['ollamux']:>12.0f}{s['chunks_per_s']['direct']:>12.0f}{s['ratio']:>16.2f}",
+        f"{'one /v1 stream (events/s)':34}"
+        f"{v['chunks_per_s']['ollamux']:>12.0f}{v['chunks_per_s']['direct']:>12.0f}{v['ratio']:>16.2f}",
         f"CPU % during capacity rounds (medians), ollamux rounds: {c['cpu_percent']['ollamux']}",
         f"CPU % during capacity rounds (medians), direct rounds:  {c['cpu_percent']['direct']}",
     ]

@@ -2,7 +2,8 @@
 
 The relay keeps the last bytes of every response (``Outcome.tail``); the figures a box
 reports sit in its final chunk: Ollama's ``prompt_eval_count``, ``eval_count``,
-``eval_duration``, ``load_duration`` (nanoseconds), OpenAI's ``usage`` and
+``eval_duration``, ``load_duration`` (nanoseconds), OpenAI's ``usage`` (chat
+completions' ``prompt_tokens``, the Responses API's ``input_tokens``) and
 llama-server's ``timings`` (milliseconds). Nothing here touches the stream on its way
 to the client.
 
@@ -30,6 +31,9 @@ _KEYS = (
     # OpenAI usage
     "prompt_tokens",
     "completion_tokens",
+    # the Responses API's usage (in ``response.completed``)
+    "input_tokens",
+    "output_tokens",
     # llama-server timings (durations in milliseconds)
     "prompt_n",
     "prompt_ms",
@@ -77,8 +81,8 @@ def read_counts(tail: bytes) -> Counts:
             load_seconds=_scaled(found.get("load_duration"), 1e-9),
             total_seconds=_scaled(found.get("total_duration"), 1e-9),
         )
-    prompt = found.get("prompt_tokens", found.get("prompt_n"))
-    output = found.get("completion_tokens", found.get("predicted_n"))
+    prompt = found.get("prompt_tokens", found.get("input_tokens", found.get("prompt_n")))
+    output = found.get("completion_tokens", found.get("output_tokens", found.get("predicted_n")))
     prompt_seconds = _scaled(found.get("prompt_ms"), 1e-3)
     decode_seconds = _scaled(found.get("predicted_ms"), 1e-3)
     total = None

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from ollamux.routing.breaker import BreakerState
 from ollamux.routing.policies import NO_SIGNALS, POLICIES, Context, Signals
 from ollamux.routing.state import BoxState, Fleet, Usage
 
@@ -100,7 +101,36 @@ def choose(
 
 
 def no_route(fleet: Fleet, req: Request) -> NoRoute:
-    return NoRoute.NO_HEALTHY_BOX if fleet.knows(req.model) else NoRoute.UNKNOWN_MODEL
+    """Why nothing can serve ``req``: a model some box has advertised (even one down now)
+    is unavailable, as is any model while no box is reachable (it may be on one of them);
+    only a model that reachable boxes do not list is unknown."""
+    if fleet.knows(req.model) or not any(b.reachable for b in fleet.boxes):
+        return NoRoute.NO_HEALTHY_BOX
+    return NoRoute.UNKNOWN_MODEL
+
+
+def unavailable_reason(fleet: Fleet, model: str) -> str:
+    """For people: the boxes that could have served ``model`` and why each cannot now."""
+    boxes = [b for b in fleet.boxes if model in b.models] or list(fleet.boxes)
+    if not boxes:
+        return "no box is configured"
+    return "; ".join(_why_not(b) for b in boxes)
+
+
+def unseen_boxes(fleet: Fleet) -> list[str]:
+    """Boxes that have never answered a probe: a model missing elsewhere may be there."""
+    return [b.name for b in fleet.boxes if not b.answered]
+
+
+def _why_not(box: BoxState) -> str:
+    if not box.reachable:
+        why = box.error or ("not probed yet" if box.health == "unknown" else "unreachable")
+        return why if why.startswith(f"box {box.name}") else f"box {box.name}: {why}"
+    if box.draining:
+        return f"box {box.name} is draining"
+    if box.breaker is BreakerState.OPEN:
+        return f"box {box.name} failed its last requests (circuit breaker open)"
+    return f"box {box.name} is resting (rate limit, or after a 429) or cannot take this route"
 
 
 def _candidate(box: BoxState, usage: Usage, req: Request, signals: Signals) -> Candidate | None:

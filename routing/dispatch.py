@@ -22,7 +22,17 @@ from functools import partial
 from typing import Any, Protocol, TypedDict
 
 from ollamux.routing.affinity import AffinityTable
-from ollamux.routing.choose import Candidate, NoRoute, Request, Tier, choose, no_route, rank
+from ollamux.routing.choose import (
+    Candidate,
+    NoRoute,
+    Request,
+    Tier,
+    choose,
+    no_route,
+    rank,
+    unavailable_reason,
+    unseen_boxes,
+)
 from ollamux.routing.clock import Clock, LoopClock
 from ollamux.routing.errors import ModelNotFound, NoCapacity, TooManyRequests
 from ollamux.routing.explain import explain, route_reason
@@ -143,7 +153,7 @@ class Dispatcher:
             picked = self.pick(req)
         if isinstance(picked, Candidate):
             return picked
-        raise no_route_error(picked, display_name)
+        raise no_route_error(picked, display_name, self._prober.fleet, req.model)
 
     async def acquire(self, req: Request, display_name: str, ticket: Ticket = NORMAL) -> Lease:
         """Reserve a slot on the best box for ``req``, waiting for one if need be."""
@@ -154,7 +164,7 @@ class Dispatcher:
         if isinstance(placed, Lease):
             return placed
         if isinstance(placed, NoRoute):
-            raise no_route_error(placed, display_name)
+            raise no_route_error(placed, display_name, self._prober.fleet, req.model)
         return await self._wait(req, display_name, ticket, placed.pin)
 
     def _place_now(self, req: Request, ticket: Ticket) -> Lease | NoRoute | Wait:
@@ -334,10 +344,20 @@ class Dispatcher:
         return replace(req, exclude=req.exclude | failed)
 
 
-def no_route_error(reason: NoRoute, model: str) -> ModelNotFound | NoCapacity:
+def no_route_error(
+    reason: NoRoute, model: str, fleet: Fleet, key: str
+) -> ModelNotFound | NoCapacity:
+    """DESIGN.md "Errors keep the API's own shape": 404 for a model no box ever listed
+    (naming boxes never heard from), else 503 naming the boxes and why they cannot."""
     if reason is NoRoute.UNKNOWN_MODEL:
-        return ModelNotFound(f'model "{model}" not found, try pulling it first')
-    return NoCapacity(f'no healthy box can serve model "{model}" right now', retry_after=5)
+        message = f'model "{model}" not found, try pulling it first'
+        if unseen := unseen_boxes(fleet):
+            message += f" (box {', '.join(unseen)} has not answered yet and may have it)"
+        return ModelNotFound(message)
+    why = unavailable_reason(fleet, key)
+    if not any(b.reachable for b in fleet.boxes):
+        return NoCapacity(f'no box is reachable to serve model "{model}": {why}', retry_after=5)
+    return NoCapacity(f'no box can serve model "{model}" right now: {why}', retry_after=5)
 
 
 def _expire(waiter: Waiter, model: str, timeout: float) -> None:

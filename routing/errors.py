@@ -5,6 +5,7 @@
     ├── Unauthorized          401  client key missing or wrong
     ├── ModelNotFound         404  no box advertises the model
     ├── RouteNotFound         404  / MethodNotAllowed 405
+    ├── RouteNotImplemented   501  a route Ollama serves that ollamux does not
     ├── PayloadTooLarge       413
     ├── TooManyRequests       429  one user holds their whole share of the waiting room
     ├── HeadersTooLarge       431
@@ -25,10 +26,13 @@ class ProxyError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.param = param  # the request field at fault (OpenAI's error ``param``)
 
 
 class BadRequest(ProxyError):
@@ -54,6 +58,11 @@ class RouteNotFound(ProxyError):
 class MethodNotAllowed(ProxyError):
     status = 405
     code = "method_not_allowed"
+
+
+class RouteNotImplemented(ProxyError):
+    status = 501
+    code = "not_implemented"
 
 
 class PayloadTooLarge(ProxyError):
@@ -98,3 +107,9 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamBadAnswer(UpstreamError):
     """The box is reachable but answered a probe with an error status or bad JSON."""
+
+    def __init__(self, message: str, *, box: str, status: int | None = None) -> None:
+        super().__init__(message, box=box)
+        # The HTTP status it answered (None: a 2xx with a body not of its kind). A 5xx
+        # is a box of its kind that cannot serve now; a 4xx is no box of its kind here.
+        self.answered = status

@@ -99,4 +99,4 @@ def _why_not(box: BoxState, req: Request, signals: Signals) -> str:
 def _no_route_text(reason: NoRoute) -> str:
     if reason is NoRoute.UNKNOWN_MODEL:
         return "no box has this model"
-    return "boxes have this model but none can serve now"
+    return "no box that may have this model can serve now"

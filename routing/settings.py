@@ -397,7 +397,10 @@ def _parse_nomyo(raw: Mapping[str, Any]) -> Settings:
         for i, url in enumerate(_list(raw.get(key) or [], key)):
             if not isinstance(url, str):
                 raise ConfigError(f"{key}[{i}] must be a URL string, got {_show(url)}")
-            entry = {"url": url, "kind": kind, "api_key": box_keys.get(url) or None}
+            base, v1 = _without_v1(url)
+            # nomyo tells an OpenAI-style box among its endpoints by the /v1.
+            its_kind = "openai" if v1 and kind == "ollama" else kind
+            entry = {"url": base, "kind": its_kind, "api_key": box_keys.get(url) or None}
             entries.append(entry)
     client_key = raw.get("nomyo-router-api-key")
     if client_key is not None and not isinstance(client_key, str):
@@ -427,7 +430,9 @@ def _parse_endpoint(entry: object, where: str) -> Endpoint:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a URL or a mapping, got {_show(entry)}")
     _refuse_unknown(entry, _ENDPOINT_KEYS, f"{where}.")
-    url = _url(_require(entry, "url", str, f"{where}."), f"{where}.url")
+    raw_url = _require(entry, "url", str, f"{where}.")
+    url = _url(raw_url, f"{where}.url")
+    _refuse_api_path(raw_url, f"{where}.url")
     kind = entry.get("kind", "ollama")
     if kind not in KINDS:
         raise ConfigError(f"{where}.kind has value {kind!r}; expected one of {', '.join(KINDS)}")
@@ -469,6 +474,31 @@ def _url(value: str, where: str) -> str:
             f"{where} has value {value!r}; expected an http(s) URL like {DEFAULT_OLLAMA_URL}"
         )
     return value.rstrip("/")
+
+
+_API_PATH = re.compile(r"(?:^|/)(?:v1|api)(?:/.*)?$")
+
+
+def _refuse_api_path(url: str, where: str) -> None:
+    """A box's URL is where its API paths start: ``/v1`` or ``/api`` on it would have
+    every probe asked at ``/v1/v1/models`` or ``/api/api/tags`` and answered 404. (A
+    reverse proxy's own prefix, like ``/ollama``, is fine.)"""
+    parts = urlsplit(url)
+    match = _API_PATH.search(parts.path)
+    if match is None:
+        return
+    base = f"{parts.scheme}://{parts.netloc}{parts.path[: match.start()]}"
+    raise ConfigError(
+        f"{where} has path {parts.path!r}; ollamux adds the API paths itself: use {base}"
+    )
+
+
+def _without_v1(url: str) -> tuple[str, bool]:
+    """nomyo-router's way to write an OpenAI-style box: its URL with ``/v1``."""
+    stripped = url.rstrip("/")
+    if stripped.endswith("/v1"):
+        return stripped[: -len("/v1")], True
+    return url, False
 
 
 def _interpolate(value: object, where: str) -> object:

@@ -53,6 +53,16 @@ class BoxState:
     weight: float = 1.0  # share of traffic under the weighted-random strategy
     draining: bool = False  # no new requests (maintenance, or removed from the config)
     openai_api: bool | None = None  # an Ollama box also serves OpenAI's /v1 (None: unknown)
+    answered: bool = False  # it has answered a probe as a box of its kind since configured
+
+    @property
+    def reachable(self) -> bool:
+        """It answers its probes now (whatever its breaker or draining say)."""
+        return self.health in (Health.HEALTHY, Health.DEGRADED)
+
+    # Routes the box answered 404 on where their translation worked (``/v1/responses`` on
+    # an older server): they are translated for it until its version changes.
+    lacking: frozenset[str] = frozenset()
 
     @property
     def routable(self) -> bool:

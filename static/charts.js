@@ -50,6 +50,7 @@ export class LineChart {
     const top = niceMax(Math.max(0, ...series.flat().filter((v) => v !== null)));
     ctx.font = `11px ${style.fontFamily}`;
     const labels = [0, 0.5, 1].map((f) => this.format(top * f));
+    canvas.dataset.axis = labels.join(" / "); // what the axis reads, for tests and tools
     const widest = Math.max(...labels.map((text) => ctx.measureText(text).width));
     const pad = { left: Math.ceil(widest) + 10, right: 6, top: 6, bottom: 18 };
     const plotW = width - pad.left - pad.right;

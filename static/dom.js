@@ -36,10 +36,17 @@ export function count(n) {
 
 export function seconds(s) {
   if (s === null || s === undefined) return "–";
-  if (s < 1) return `${Math.round(s * 1000)} ms`;
-  if (s < 60) return `${s.toFixed(1)} s`;
-  const m = Math.floor(s / 60);
-  return m < 60 ? `${m}m ${Math.round(s % 60)}s` : `${Math.floor(m / 60)}h ${m % 60}m`;
+  if (s === 0) return "0 ms";
+  // Each unit is chosen by the value as it will be shown, so rounding never gives
+  // "1000 ms", "60.0 s" or "4m 60s".
+  const ms = s * 1000;
+  if (ms < 9.95) return `${ms < 0.995 ? ms.toFixed(2) : ms.toFixed(1)} ms`;
+  if (Math.round(ms) < 1000) return `${Math.round(ms)} ms`;
+  if (s < 59.95) return `${s.toFixed(1)} s`;
+  const whole = Math.round(s);
+  if (whole < 3600) return `${Math.floor(whole / 60)}m ${whole % 60}s`;
+  const minutes = Math.round(s / 60);
+  return `${Math.floor(minutes / 60)}h ${minutes % 60}m`;
 }
 
 export function bytes(n) {

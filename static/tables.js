@@ -52,12 +52,10 @@ export function recentTable(rows) {
     rows.map((r) => {
       const failed = r.failed || r.status >= 400;
       const status = r.status || (r.error === "client left" ? "left" : "–");
-      return el(
-        "tr",
-        { class: failed ? "failed" : null },
+      const cells = [
         el("td", { text: clock(r.at) }),
-        el("td", { class: "name", text: r.model }),
-        el("td", { text: r.box || "–" }),
+        el("td", { class: "model", text: r.model }),
+        el("td", { class: "box-name", text: r.box || "–" }),
         el("td", { text: r.route }),
         el("td", { class: failed ? "bad" : r.status ? "ok" : "muted", title: r.error || null, text: status }),
         el("td", { class: "num", text: r.waited >= 0.001 ? seconds(r.waited) : "–" }),
@@ -66,7 +64,10 @@ export function recentTable(rows) {
         el("td", { class: "num", text: `${count(r.prompt_tokens)} → ${count(r.output_tokens)}` }),
         el("td", { class: "num", text: rate(r.decode_tps) }),
         el("td", { class: "why", text: r.why || "–" }),
-      );
+      ];
+      // On a phone each row is a card and each cell says which column it is (CSS).
+      cells.forEach((td, i) => td.setAttribute("data-label", COLUMNS[i]));
+      return el("tr", { class: failed ? "failed" : null }, cells);
     }),
   );
   if (!rows.length) {
@@ -92,7 +93,7 @@ function tuningCard(row) {
   return el(
     "article",
     { class: "tune", dataset: { box: row.box, model: row.model } },
-    el("h3", {}, el("span", { text: row.box }), " · ", el("span", { class: "name", text: row.model })),
+    el("h3", {}, el("span", { class: "box-name", text: row.box }), " · ", el("span", { class: "name", text: row.model })),
     el(
       "p",
       {},
@@ -101,6 +102,14 @@ function tuningCard(row) {
       " · suggested ",
       el("b", { class: differs ? "accent" : null, text: row.suggested ?? "–" }),
     ),
+    differs &&
+      el(
+        "p",
+        { class: "muted key" },
+        "to change it: ",
+        el("code", { text: "max_concurrent" }),
+        ` on endpoint ${row.box} in the config`,
+      ),
     el("p", { class: "muted", text: row.reason }),
     el("div", { class: "scroll" }, levelsTable(row)),
   );

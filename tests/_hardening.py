@@ -29,6 +29,7 @@ POST_ROUTES = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/responses",
 ]
 
 

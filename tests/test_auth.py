@@ -438,6 +438,7 @@ async def test_image_urls_in_requests_are_never_fetched() -> None:
         assert hits == ["GET /cat.png"]
 
 
+@pytest.mark.browser
 async def test_a_browser_is_sent_to_log_in_and_then_sees_the_live_dashboard() -> None:
     from playwright.async_api import async_playwright
 

@@ -1,4 +1,4 @@
-"""The ASGI server behind ``--server`` (backends/server.py), chosen by bench/ figures.
+"""The ASGI server behind ``--server`` (routing/api/server.py), chosen by bench/ figures.
 
 The benchmarks themselves are smoke-run by ``.ci/run`` (``bench/*.py --smoke``); nothing
 here, or anywhere in the suite, asserts on timings.

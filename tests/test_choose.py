@@ -145,6 +145,12 @@ def test_no_route_reasons() -> None:
     assert choose(f, {}, Request("nope:latest"), random.random) is NoRoute.UNKNOWN_MODEL
 
 
+def test_with_no_box_reachable_even_an_unknown_model_is_unavailable_not_unknown() -> None:
+    # It may be on a box that is down: a 503 that says so, not "try pulling it".
+    f = fleet(box("a", health=Health.DOWN), box("b", health=Health.UNKNOWN, models=()))
+    assert choose(f, {}, Request("nope:latest"), random.random) is NoRoute.NO_HEALTHY_BOX
+
+
 def test_kinds_filter_keeps_routes_to_boxes_that_speak_them() -> None:
     llama = BoxState(
         name="l",

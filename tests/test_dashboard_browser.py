@@ -25,6 +25,8 @@ from ollamux.backends.sim.ollama import SimBox, SimConfig
 from ollamux.routing.settings import parse_settings
 from tests.conftest import serve_app
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--headless",

@@ -283,3 +283,33 @@ async def test_a_box_that_comes_back_takes_the_waiters() -> None:
     assert waiting.result().box == "a"
     held.result().release()
     waiting.result().release()
+
+
+async def test_a_conversation_is_forgotten_after_its_ttl() -> None:
+    cfg = settings(affinity={"ttl": 60.0})
+    d, _, clock = dispatcher([box("a", 0), box("b", 1)], cfg)
+    d.remember("conv-1", "b")
+    clock.advance(59.9)
+    assert d.request(M, conversation="conv-1").affinity == "b"
+    d.remember("conv-1", "b")  # a turn renews it
+    clock.advance(59.9)
+    assert d.request(M, conversation="conv-1").affinity == "b"
+    clock.advance(0.2)
+    assert d.request(M, conversation="conv-1").affinity is None
+
+
+async def test_service_older_than_the_fairness_window_no_longer_counts() -> None:
+    d, _, clock = dispatcher([box("a", 0)], settings(fairness={"window": 10.0}))
+    held = ask(d, user="heavy")  # "heavy" is served now...
+    await settle()
+    clock.advance(11.0)  # ...but that was more than a window ago
+    first = ask(d, user="heavy")
+    second = ask(d, user="light")
+    await settle()
+    held.result().release()
+    await settle()
+    # Both have no service within the window: arrival order decides.
+    assert first.done() and not second.done()
+    first.result().release()
+    await settle()
+    second.result().release()

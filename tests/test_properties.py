@@ -125,6 +125,11 @@ fields = {
     "encoding_format": st.sampled_from(["float", "base64"]) | json_values,
     "dimensions": small,
     "tool_choice": st.sampled_from(["auto", "none"]) | json_values,
+    # the Responses API's
+    "instructions": texts | json_values,
+    "max_output_tokens": small,
+    "reasoning": st.just({"effort": "low"}) | json_values,
+    "text": st.just({"format": {"type": "json_object"}}) | json_values,
 }
 
 
@@ -176,6 +181,8 @@ def must_refuse(route: str, doc: object) -> str | None:
             return "prompt"
         if route == "/v1/embeddings" and "input" not in doc:
             return "input"
+        if route == "/v1/responses" and "input" not in doc and "instructions" not in doc:
+            return "input"
         model_field = "model"
     model = doc.get(model_field)
     if model is None or model == "" or not isinstance(model, str):
@@ -199,6 +206,12 @@ def check_answer(route: str, resp: httpx.Response) -> None:
         lines = [orjson.loads(line) for line in resp.content.splitlines() if line.strip()]
         assert lines and lines[-1].get("done") is True, resp.text[-500:]
         assert not any("error" in line for line in lines), resp.text[-500:]
+    elif kind.startswith("text/event-stream") and route == "/v1/responses":
+        # The Responses API's events: the last says the response is done; none is an error.
+        names = [ln for ln in resp.content.splitlines() if ln.startswith(b"event: ")]
+        done = (b"event: response.completed", b"event: response.incomplete")
+        assert names and names[-1] in done, resp.text[-500:]
+        assert b"event: error" not in names, resp.text[-500:]
     elif kind.startswith("text/event-stream"):
         assert resp.content.rstrip().endswith(b"data: [DONE]"), resp.text[-500:]
         assert b'"error"' not in resp.content, resp.text[-500:]

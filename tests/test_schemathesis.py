@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import requests
 import schemathesis
 import yaml
@@ -70,6 +71,7 @@ def test_the_document_names_every_post_route() -> None:
     assert posts == set(POST_ROUTES)
 
 
+@pytest.mark.soak
 async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer() -> None:
     schema = load_schema()
     cases = st.one_of(

@@ -75,11 +75,28 @@ def test_defaults() -> None:
     assert settings.api_keys == ()
 
 
-def test_example_config_parses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPU_A_KEY", "x")
-    monkeypatch.setenv("OLLAMUX_API_KEY", "y")
+def test_example_config_parses_as_is_with_no_keys_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GPU_A_KEY", "OLLAMUX_API_KEY", "ALICE_KEY"):
+        monkeypatch.delenv(var, raising=False)
     settings = load_settings(REPO / "ollamux.example.yaml")
     assert len(settings.endpoints) >= 2
+    assert settings.client_keys == ()  # a first run needs no client key
+    assert all(ep.api_key is None for ep in settings.endpoints)
+
+
+def test_the_examples_commented_keys_variant_parses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncommenting the lines marked ``#>`` switches keys on, as the file says."""
+    monkeypatch.setenv("GPU_A_KEY", "box-key")
+    monkeypatch.setenv("OLLAMUX_API_KEY", "client-key")
+    text = (REPO / "ollamux.example.yaml").read_text()
+    assert "#>" in text
+    variant = tmp_path / "keys.yaml"
+    variant.write_text(text.replace("#> ", "").replace("#>", ""))
+    settings = load_settings(variant)
+    assert settings.endpoints[0].api_key == "box-key"
+    assert settings.api_keys == ("client-key",)
 
 
 def test_nomyo_router_config_accepted_unchanged(tmp_path: Path) -> None:
@@ -90,6 +107,7 @@ def test_nomyo_router_config_accepted_unchanged(tmp_path: Path) -> None:
 endpoints:
   - http://127.0.0.1:11434
   - http://127.0.0.2:11434
+  - https://api.example.com/v1
 llama_server_endpoints:
   - http://127.0.0.3:8080/v1
 max_concurrent_connections: 2
@@ -104,7 +122,9 @@ api_keys:
     assert kinds == [
         ("http://127.0.0.1:11434", "ollama", "ollama"),
         ("http://127.0.0.2:11434", "ollama", None),
-        ("http://127.0.0.3:8080/v1", "llama-server", "llama-key"),
+        # nomyo tells an OpenAI box by its /v1; ollamux adds the API paths itself.
+        ("https://api.example.com", "openai", None),
+        ("http://127.0.0.3:8080", "llama-server", "llama-key"),
     ]
     assert settings.api_keys == ("router-key",)
 
@@ -196,3 +216,44 @@ def test_command_line_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "max_concurrent_connections has value 'lots'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"url": "http://10.0.0.1:11434/v1"},
+            "endpoints[0].url has path '/v1'; ollamux adds the API paths itself: "
+            "use http://10.0.0.1:11434",
+        ),
+        (
+            {"url": "http://10.0.0.1:11434/api/"},
+            "endpoints[0].url has path '/api/'; ollamux adds the API paths itself: "
+            "use http://10.0.0.1:11434",
+        ),
+        (
+            {"url": "http://10.0.0.1:8080/v1", "kind": "llama-server"},
+            "endpoints[0].url has path '/v1'; ollamux adds the API paths itself: "
+            "use http://10.0.0.1:8080",
+        ),
+        (
+            {"url": "https://api.example.com/v1/", "kind": "openai"},
+            "use https://api.example.com",
+        ),
+        (
+            {"url": "http://10.0.0.1:11434/api/chat"},
+            "use http://10.0.0.1:11434",
+        ),
+    ],
+)
+def test_a_url_whose_path_makes_the_probes_impossible_is_refused(
+    entry: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"endpoints": [entry]})
+    assert message in str(err.value)
+
+
+def test_a_url_behind_a_reverse_proxy_prefix_is_kept() -> None:
+    settings = parse_settings({"endpoints": ["http://10.0.0.1/ollama/"]})
+    assert settings.endpoints[0].url == "http://10.0.0.1/ollama"

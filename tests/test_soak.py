@@ -220,6 +220,7 @@ def check(s: Soak, clients: int, warm_up: int, kib_per_request: float) -> None:
     assert growth <= kib_per_request, (warm, last)
 
 
+@pytest.mark.soak
 async def test_soak_200_streaming_clients(tmp_path: Path) -> None:
     # Catches a leak of about a request's body or more; the soak below, far less.
     check(await soak(tmp_path, clients=200, rounds=5), 200, warm_up=2, kib_per_request=8)

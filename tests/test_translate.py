@@ -27,7 +27,7 @@ from ollamux.backends.translate.common import (
 from ollamux.backends.translate.plans import for_ollama_client, for_openai_client
 from ollamux.routing.errors import BadRequest
 from ollamux.routing.settings import ConfigError, parse_settings
-from ollamux.routing.state import BoxState, model_key
+from ollamux.routing.state import BoxState, Fleet, Health, model_key
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 8).decode()
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\x00" * 8).decode()
@@ -700,4 +700,25 @@ def test_untranslatable_requests_are_kept_to_boxes_of_their_own_api() -> None:
         ],
     }
     routed = for_openai_client("/v1/chat/completions", orjson.dumps(doc), doc, "m", "m:latest")
-    assert routed.kinds == frozenset({"llama-server", "openai"}) and routed.error is not None
+
+    def box(name: str, kind: str, openai_api: bool | None = None) -> BoxState:
+        return BoxState(
+            name=name,
+            url=f"http://{name}",
+            kind=kind,  # type: ignore[arg-type]
+            index=0,
+            priority=0,
+            slots=1,
+            health=Health.HEALTHY,
+            models=frozenset({"m:latest"}),
+            openai_api=openai_api,
+        )
+
+    # Only boxes that speak OpenAI's API have it: nothing to translate, any may serve.
+    assert routed.check(Fleet.of((box("v", "openai"),)), "m:latest") is None
+    # An Ollama box without /v1 has it too: the image URL cannot go there.
+    mixed = Fleet.of((box("o", "ollama", openai_api=False), box("v", "openai")))
+    assert routed.check(mixed, "m:latest") == frozenset({"llama-server", "openai"})
+    # Only that Ollama box has it: refused up front, before a slot is taken.
+    with pytest.raises(BadRequest, match="image"):
+        routed.check(Fleet.of((box("o", "ollama", openai_api=False),)), "m:latest")

@@ -48,7 +48,7 @@ async def _ready(up: Upstream, ep: Endpoint, timeout: float) -> None:
     status, health = await probe_get(up, ep, "/health", timeout)
     if status >= 300:
         reason = _why(health) if health is not None else f"status {status}"
-        raise UpstreamBadAnswer(f"box {ep.name}: /health says {reason}", box=ep.name)
+        raise UpstreamBadAnswer(f"box {ep.name}: /health says {reason}", box=ep.name, status=status)
 
 
 def _cards(doc: Mapping[str, Any], entries: list[Mapping[str, Any]]) -> tuple[dict[str, Any], ...]:

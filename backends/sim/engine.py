@@ -129,6 +129,11 @@ class Lease:
         self._slot.tokens = tokens
 
 
+def detached_lease(model: str) -> Lease:
+    """A lease on no slot of this box: a cloud model's request, answered elsewhere."""
+    return Lease(model, 0.0, 0, _Slot())
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0

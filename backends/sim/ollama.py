@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ollamux.backends.sim.audio import Handler as AudioHandler
 from ollamux.backends.sim.engine import (
     Lease,
     QueueFull,
@@ -36,6 +37,7 @@ from ollamux.backends.sim.engine import (
     SimStats,
     answer_tokens,
     chat_prompt,
+    detached_lease,
     digest,
     embedding,
     family,
@@ -56,6 +58,7 @@ from ollamux.backends.sim.http import (
     normalize,
     read_object,
 )
+from ollamux.backends.sim.responses import Handler as ResponsesHandler
 from ollamux.backends.sim.store import Store
 
 __all__ = [
@@ -74,6 +77,7 @@ _FAULT_POLL_S = 0.01  # how often a hanging fault looks whether it was switched 
 _SHUTDOWN_S = 0.1  # stop() grants in-flight requests this long before cancelling them
 _CONTEXT_LENGTH = 4096
 _MODIFIED_AT = "2025-06-01T12:00:00.000000+00:00"
+_CLOUD = "https://ollama.com:443"
 
 
 @dataclass
@@ -94,6 +98,10 @@ class SimConfig:
     version: str = "0.12.6"
     embedding_dim: int = 8
     pull_time: float = 0.0  # seconds a /api/pull of a model the box lacks takes
+    # Cloud models among ``models``: listed with remote_host, answered without a local slot
+    # (Ollama forwards them to ollama.com). /v1/responses is served from version 0.13.3,
+    # /v1/audio/transcriptions from 0.20.0.
+    remote: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -183,8 +191,11 @@ class SimBox:
         self.port = 0
         self._scheduler = Scheduler(config, self.stats)
         # The models on "disk" and the routes that change them (pull, create, delete, ...).
-        self.store = Store(config.models, config, self.faults, self._scheduler.unload)
+        models = [*config.models, *(m for m in config.remote if m not in config.models)]
+        self.store = Store(models, config, self.faults, self._scheduler.unload)
         self._runner: web.AppRunner | None = None
+        self.responses = ResponsesHandler(self._version_text, self._chat_url)
+        self.audio = AudioHandler(self._version_text, self._chat_url)
 
     async def __aenter__(self) -> SimBox:
         await self.start()
@@ -244,10 +255,21 @@ class SimBox:
             web.post("/api/generate", guard(partial(self._infer, chat=False))),
             web.post("/api/embed", guard(partial(self._embed, legacy=False))),
             web.post("/api/embeddings", guard(partial(self._embed, legacy=True))),
+            web.post("/v1/responses", self.responses.handle),
+            web.post("/v1/audio/transcriptions", self.audio.handle),
             *self.store.routes(),
         ]
 
     # -- metadata routes ----------------------------------------------------------
+
+    def _version_text(self) -> str:
+        return self.config.version
+
+    def _chat_url(self) -> str:
+        return self.url + "/api/chat"
+
+    def _remote(self, name: str) -> bool:
+        return name in {normalize(m) for m in self.config.remote}
 
     async def _root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running")
@@ -259,6 +281,9 @@ class SimBox:
         if self.faults.tags_fail:
             return error_response(500, "simulated failure")
         cards = [{**_card(n), "modified_at": _MODIFIED_AT} for n in self.store.models]
+        for card in cards:
+            if self._remote(card["name"]):
+                card.update(remote_model=card["name"].removesuffix("-cloud"), remote_host=_CLOUD)
         return json_response({"models": cards})
 
     async def _ps(self, request: web.Request) -> web.Response:
@@ -335,6 +360,12 @@ class SimBox:
         self._known(job.model)
         if job.is_load:
             return await self._load_or_unload(job)
+        if self._remote(job.name):  # forwarded to the cloud: no local slot, no queue
+            self.stats.active += 1
+            try:
+                return await self._answer(request, job, detached_lease(job.name))
+            finally:
+                self.stats.active -= 1
         try:
             async with self._scheduler.lease(job.name, job.prompt, job.keep_alive) as lease:
                 return await self._answer(request, job, lease)
@@ -416,7 +447,9 @@ class SimBox:
                 return resp
             sent += 1
         counts["eval_duration"] = max(1, time.perf_counter_ns() - t1)
-        final = _final(job, reason, counts, "", generated)  # streamed text is not repeated
+        # Streamed text and tool calls are not repeated: Ollama's final chunk carries only
+        # what its parser found in that last piece (server/routes.go, ChatHandler).
+        final = _final(job, reason, counts, "", generated, streamed=True)
         await self._send(request, resp, sent, orjson.dumps(final) + b"\n")
         return resp
 
@@ -485,10 +518,16 @@ def _message(text: str, **extra: Any) -> dict[str, Any]:
 
 
 def _final(
-    job: _Job, reason: str, counts: dict[str, int], text: str, generated: list[int]
+    job: _Job,
+    reason: str,
+    counts: dict[str, int],
+    text: str,
+    generated: list[int],
+    *,
+    streamed: bool = False,
 ) -> dict[str, Any]:
     out = _head(job, text)
-    if job.tool is not None:
+    if job.tool is not None and not streamed:
         out["message"]["tool_calls"] = _tool_calls(job.tool)
     out.update(done=True, done_reason=reason)
     if not job.chat:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -213,6 +214,7 @@ class OllamaToOpenAI:
         self._created = int(time.time())
         self._started = False
         self._calls = 0
+        self._sent: Counter[bytes] = Counter()  # the calls streamed so far, for repeats
         self._finished = False
 
     def content_type(self, status: int, upstream: str) -> str:
@@ -265,7 +267,7 @@ class OllamaToOpenAI:
             delta["content"] = message["content"]
         if message.get("thinking"):
             delta["reasoning_content"] = message["thinking"]
-        calls = _calls(message)
+        calls = self._news(_calls(message), bool(doc.get("done")))
         if calls:
             delta["tool_calls"] = [
                 openai_tool_call(c, self._calls + j, f"call_{self._id[-8:]}_{self._calls + j}")
@@ -273,6 +275,22 @@ class OllamaToOpenAI:
             ]
             self._calls += len(calls)
         return self._chunk(delta, None) if delta else b""
+
+    def _news(self, calls: list[Mapping[str, Any]], done: bool) -> list[Mapping[str, Any]]:
+        """The calls to pass on: Ollama sends each call once, in the chunk that parsed it,
+        but a box that repeats them in its final chunk must not call a tool twice. Only
+        the final chunk's repeats are dropped; a call first parsed there is news."""
+        keys = [orjson.dumps(c.get("function"), option=orjson.OPT_SORT_KEYS) for c in calls]
+        if not done:
+            self._sent.update(keys)
+            return calls
+        fresh = []
+        for call, key in zip(calls, keys, strict=True):
+            if self._sent[key] > 0:
+                self._sent[key] -= 1
+            else:
+                fresh.append(call)
+        return fresh
 
     def _chunk(self, delta: dict[str, Any], reason: str | None, text: str | None = None) -> bytes:
         if self._completion:

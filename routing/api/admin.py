@@ -23,6 +23,7 @@ from ollamux.routing.api.forward import JSON, services
 from ollamux.routing.api.services import Services
 from ollamux.routing.choose import Tier, rank
 from ollamux.routing.errors import BadRequest, RouteNotFound
+from ollamux.routing.settings import ConfigError
 from ollamux.routing.state import BoxState
 
 
@@ -54,9 +55,11 @@ async def reload(request: Request) -> Response:
     reloader = getattr(request.app.state, "reloader", None)
     if reloader is None:
         raise BadRequest("ollamux was started without a config file: nothing to reload")
-    if not reloader.reload():
-        raise BadRequest(f"the config file {reloader.path} was refused; see the log")
-    return JSON(services(request).board.snapshot())
+    try:
+        changes = reloader.reload()
+    except ConfigError as exc:
+        raise BadRequest(f"the config file {reloader.path} was refused: {exc}") from None
+    return JSON({"config": str(reloader.path), **changes})
 
 
 async def preload(request: Request) -> Response:

@@ -15,6 +15,8 @@ from ollamux.backends.translate.plans import for_ollama_client
 from ollamux.routing.api import models as fleet_api
 from ollamux.routing.api.body import read_json, require_model
 from ollamux.routing.api.forward import JSON, proxy, services
+from ollamux.routing.choose import unavailable_reason
+from ollamux.routing.errors import NoCapacity
 from ollamux.routing.state import Fleet, canonical_model
 
 
@@ -58,20 +60,36 @@ async def tags(request: Request) -> Response:
 
 async def ps(request: Request) -> Response:
     fleet = services(request).prober.fleet
-    return JSON({"models": [m for box in fleet.boxes if box.routable for m in box.running]})
+    # A model loaded on two boxes is two rows: each says its box, in a field Ollama's
+    # clients ignore (the official client and `ollama ps` parse the rest as ever).
+    return JSON(
+        {
+            "models": [
+                {**m, "ollamux_endpoint": box.name}
+                for box in fleet.boxes
+                if box.routable
+                for m in box.running
+            ]
+        }
+    )
 
 
 async def version(request: Request) -> Response:
-    return JSON({"version": lowest_version(services(request).prober.fleet)})
+    """The oldest version in the fleet; with no box reachable there is none to tell (a
+    503 saying why, not a made-up version a client would trust)."""
+    fleet = services(request).prober.fleet
+    if not any(b.reachable for b in fleet.boxes):
+        raise NoCapacity(f"no box is reachable: {unavailable_reason(fleet, '')}", retry_after=5)
+    return JSON({"version": lowest_version(fleet)})
 
 
 def merged_tags(fleet: Fleet) -> list[Any]:
-    """Every model some reachable box has, once (the first box in config order wins)."""
+    """Every model some box has listed, once (the first box in config order wins). A box
+    that is down keeps its models here: clients see them, and a request for one gets a
+    503 that says why, not a 404 that says to pull it."""
     seen: set[str] = set()
     models = []
     for box in fleet.boxes:
-        if not box.routable:
-            continue
         for entry in box.tags:
             name = canonical_model(entry["name"])
             if name not in seen:

@@ -17,7 +17,8 @@ from ollamux.backends.translate.plans import for_openai_client
 from ollamux.routing.api.body import parse_object, require_model
 from ollamux.routing.api.forward import JSON, proxy, services
 from ollamux.routing.api.services import Services
-from ollamux.routing.errors import BadRequest, ModelNotFound
+from ollamux.routing.choose import unavailable_reason
+from ollamux.routing.errors import BadRequest, ModelNotFound, NoCapacity
 from ollamux.routing.state import Fleet
 
 # OpenAI's prompt may be a list (of strings or tokens): only these types are checked.
@@ -61,6 +62,10 @@ async def model(request: Request) -> Response:
         await svc.prober.refresh_models()  # a model pulled since the last probe
         entry = _find(svc.prober.fleet, key, svc)
     if entry is None:
+        fleet = svc.prober.fleet
+        if not any(b.reachable for b in fleet.boxes):  # it may be on a box that is down
+            why = unavailable_reason(fleet, key)
+            raise NoCapacity(f"no box is reachable to look up '{asked}': {why}", retry_after=5)
         raise ModelNotFound(f"The model '{asked}' does not exist")
     return JSON({**entry, "id": asked})
 

@@ -20,7 +20,7 @@ from ollamux.backends.upstream import Upstream
 from ollamux.routing.choose import Request
 from ollamux.routing.clock import Clock, LoopClock
 from ollamux.routing.dispatch import Dispatcher
-from ollamux.routing.errors import BadRequest
+from ollamux.routing.errors import BadRequest, ProxyError
 from ollamux.routing.fairness import estimate_tokens, user_of
 from ollamux.routing.ledger import Lease, Ledger
 from ollamux.routing.limits import retry_after as retry_after_seconds
@@ -173,8 +173,7 @@ class Services:
 
     def target(self, box: str, plan: Plan) -> Target:
         ep = self.endpoints[box]
-        out = plan(self.prober.fleet.by_name[box])
-        return Target(box, ep.url + out.path, ep.api_key, out.body, out.translator)
+        return _target(box, ep.url, ep.api_key, plan(self.prober.fleet.by_name[box]))
 
     async def exchange(
         self,
@@ -188,6 +187,7 @@ class Services:
         slot: bool = True,
         conversation: str | None = None,
         ticket: Ticket | None = None,
+        stream_error: Callable[[ProxyError, bytes], bytes] | None = None,
     ) -> Exchange:
         """The exchange that places ``req`` (waiting for a slot if need be) and sends
         what ``plan`` says to the chosen box, trying others if that box fails."""
@@ -221,6 +221,8 @@ class Services:
             on_failure=self._failed,
             on_refused=self._refused,
             on_done=done,
+            on_unsupported=self.prober.lacks,
+            stream_error=stream_error,
         )
 
     def _refused(self, box: str, retry_after: str | None) -> None:
@@ -249,6 +251,11 @@ class Services:
                 # It loaded the model (and may have evicted another): look now, not in 2 s.
                 self.prober.poke(outcome.box)
         self.board.changed()
+
+
+def _target(box: str, url: str, api_key: str | None, out: Outbound) -> Target:
+    fallback = None if out.fallback is None else _target(box, url, api_key, out.fallback)
+    return Target(box, url + out.path, api_key, out.body, out.translator, fallback, out.path)
 
 
 def make_ticket(

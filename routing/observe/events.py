@@ -6,7 +6,8 @@ Events (``event:`` name, ``data:`` one JSON object):
   change, at most one per ``min_gap`` seconds. Its ``id`` is the board's version: a gap
   in ids means snapshots were coalesced or skipped for this subscriber.
 - ``stats``: rates, charts, recent requests and tuning figures (``Stats.view``), one on
-  connect, then every ``stats_every`` seconds.
+  connect (built then, unless one was built less than ``min_gap`` ago), then every
+  ``stats_every`` seconds.
 - a comment line every ``heartbeat`` seconds, so idle proxies keep the stream open.
 
 One publisher builds and encodes each event once, outside the routing lock, for every
@@ -56,6 +57,7 @@ class Feed:
         self._stats = stats
         self._latest: dict[str, tuple[int, bytes]] = {}  # event name -> (id, encoded)
         self._stats_id = 0
+        self._stats_at = -float("inf")  # loop time of the last stats published
         self._wake = asyncio.Event()
         self.subscribers: list[Subscriber] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,6 +88,7 @@ class Feed:
         return snapshot
 
     def publish_stats(self, snapshot: Snapshot | None = None) -> None:
+        self._stats_at = asyncio.get_running_loop().time()
         self._stats_id += 1
         self._set("stats", self._stats_id, self._stats(snapshot or self._board.snapshot()))
 
@@ -122,7 +125,9 @@ class Feed:
         try:
             if self.version("snapshot") != self._board.version:
                 self.publish_snapshot()
-            if "stats" not in self._latest:
+            # The cached stats may be from when the last viewer left, long ago: a new
+            # viewer sees them as they are now (rebuilt at most once per min_gap).
+            if asyncio.get_running_loop().time() - self._stats_at >= self.min_gap:
                 self.publish_stats()
             while True:
                 wake = self._wake  # set by any publish from here on, even during a yield

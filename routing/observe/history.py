@@ -1,5 +1,6 @@
 """What survives a restart: totals per (box, model), the most recent requests, and the
-per-level tuning figures, in one SQLite file (``stats.path``; in memory when unset).
+per-level tuning figures, in one SQLite file (``stats.path``). Without a path nothing is
+stored: the figures live in ``Stats`` alone, and no batch costs a thread hand-off.
 
 SQLite is synchronous, so it never runs on the event loop: ``Stats`` hands over a
 ``Batch`` of what changed every few seconds and at shutdown, and it is written in a
@@ -85,11 +86,13 @@ class History:
 
     async def open(self, recent: int) -> Stored:
         """Open (or create) the file and read back what it holds."""
+        if self.path is None:
+            return Stored([], [], [])
         async with self._lock:
             return await asyncio.to_thread(self._open, recent)
 
     async def save(self, batch: Batch) -> None:
-        if not batch:
+        if not batch or self.path is None:
             return
         async with self._lock:
             try:
@@ -104,15 +107,14 @@ class History:
                 await asyncio.to_thread(db.close)
 
     def _open(self, recent: int) -> Stored:
-        target = self.path or ":memory:"
-        if self.path:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        assert self.path is not None
+        target = self.path
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
         # Used from worker threads, one at a time (the lock above).
         db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         try:
-            if self.path:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=2000")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

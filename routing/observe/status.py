@@ -19,6 +19,7 @@ class Memory(TypedDict, total=False):
     size: int  # bytes
     size_vram: int
     expires_at: str
+    remote: bool  # a cloud model the box forwards to a remote host: it takes no slot
 
 
 class ModelStatus(Memory):
@@ -37,6 +38,7 @@ class EndpointStatus(TypedDict):
     draining: bool
     version: str | None
     error: str | None
+    lacking: list[str]  # routes it answered 404 on, translated for it since
     models: list[ModelStatus]
 
 
@@ -150,13 +152,15 @@ class StatusBoard:
 def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> EndpointStatus:
     names = box.models | box.loaded | {m for (b, m) in usage if b == box.name}
     running = {canonical_model(e["name"]): e for e in box.running if isinstance(e.get("name"), str)}
+    # Cloud models (forwarded to a remote host) take no slot: shown, flagged "remote".
+    remote = {canonical_model(t["name"]) for t in box.tags if t.get("remote_host")}
     models: list[ModelStatus] = [
         {
             "name": name,
             "loaded": name in box.loaded,
             "in_use": usage.get((box.name, name), 0),
             "max": box.slots,
-            **_memory(running.get(name)),
+            **_memory(running.get(name), remote=name in remote),
         }
         for name in sorted(names, key=lambda n: (n not in box.loaded, n))
     ]
@@ -169,15 +173,18 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> EndpointStatu
         "draining": box.draining,
         "version": box.version,
         "error": box.error,
+        "lacking": sorted(box.lacking),  # routes it answered 404 on: translated for it
         "models": models,
     }
 
 
-def _memory(entry: Mapping[str, Any] | None) -> Memory:
-    if entry is None:
-        return {}
+def _memory(entry: Mapping[str, Any] | None, *, remote: bool) -> Memory:
     keys = ("size", "size_vram", "expires_at")
-    return cast(Memory, {k: entry[k] for k in keys if isinstance(entry.get(k), int | str)})
+    found = {k: entry[k] for k in keys if isinstance(entry.get(k), int | str)} if entry else {}
+    memory = cast(Memory, found)
+    if remote:
+        memory["remote"] = True
+    return memory
 
 
 def _public_url(url: str) -> str:
