@@ -182,7 +182,7 @@ class SharedDispatcher(Dispatcher):
         if isinstance(placed, Lease):
             return placed
         if isinstance(placed, NoRoute):
-            raise no_route_error(placed, display_name)
+            raise no_route_error(placed, display_name, self._prober.fleet, req.model)
         return await self._wait(req, display_name, ticket, placed.pin)
 
     async def _place_shared(self, req: Request, ticket: Ticket) -> Lease | NoRoute | Wait:

@@ -228,3 +228,28 @@ async def test_a_flood_through_one_replica_does_not_starve_a_user_on_another(
 
 async def _waiting_is_at_least(replica: Replica, n: int) -> bool:
     return int((await replica.status())["queue"]["waiting"]) >= n
+
+
+async def test_errors_keep_their_shape_with_shared_state(redis_server: RedisServer) -> None:
+    async with fleet(redis_server, replicas=1, boxes=1) as f:
+        (a,) = f.replicas
+        doc = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
+        missing = await a.http.post("/api/chat", json=doc)
+        assert missing.status_code == 404
+        assert "no-such-model" in missing.json()["error"]
+        await f.boxes[0].stop()
+        await wait_until(lambda: _box_down(a))
+        down = await a.http.post("/api/chat", json={**doc, "model": MODEL})
+        assert down.status_code == 503 and down.headers["retry-after"]
+        assert "error" in down.json()
+        assert await _slots_in_use(a) == 0  # nothing leaked
+
+
+async def _box_down(replica: Replica) -> bool:
+    status = await replica.status()
+    return all(ep["health"] == "down" for ep in status["endpoints"])
+
+
+async def _slots_in_use(replica: Replica) -> int:
+    status = await replica.status()
+    return int(status["totals"]["in_flight"])
