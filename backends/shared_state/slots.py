@@ -101,6 +101,8 @@ class RedisSlots:
         self._rooms = f"{prefix}:rooms"
         self._ids = itertools.count()
         self._token = secrets.token_hex(4)
+        # Who sent an event: unique even if two replicas were given the same name.
+        self._self = f"{replica}:{self._token}"
         self._live: dict[str, Held] = {}
         self._own: dict[Key, int] = {}  # slots this replica holds
         self._fleet: dict[Key, int] = {}  # fleet-wide, as last heard from Redis
@@ -177,6 +179,13 @@ class RedisSlots:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._client is not None and not self.degraded:
+            # Whatever still holds a slot or waits at this point will not be served by
+            # this process: give it back now rather than after the lease's expiry.
+            for held in list(self._live.values()):
+                self.release(held)
+            for place in list(self._places.values()):
+                self.leave(place)
         if self._pending:
             await asyncio.wait(self._pending, timeout=self._timeout * 2)
         if self._client is not None and not self.degraded:
@@ -212,7 +221,7 @@ class RedisSlots:
             rank = place.score if place is not None else score(priority, service)
             args: list[Any] = [lease_id, self._ttl_ms, place.member if place else "", rank]
             args += [slots for _, _, slots in candidates]
-            args += [self.channel, user, cost, self.replica, *(box for box, _, _ in candidates)]
+            args += [self.channel, user, cost, self._self, *(box for box, _, _ in candidates)]
             try:
                 picked, counts, _ahead = await self._reserve(keys=keys, args=args)
             except TROUBLE as exc:
@@ -289,7 +298,7 @@ class RedisSlots:
         try:
             n = await self._release(
                 keys=[self._set(held.box, held.model)],
-                args=[held.id, self.channel, held.box, held.model, self.replica],
+                args=[held.id, self.channel, held.box, held.model, self._self],
             )
         except TROUBLE as exc:
             self._unreleased[held.id] = held
@@ -383,7 +392,7 @@ class RedisSlots:
     def _flush(self) -> None:
         events, self._outbox = self._outbox, []
         if events and self._client is not None and not self.degraded:
-            payload = orjson.dumps({"e": "batch", "r": self.replica, "events": events})
+            payload = orjson.dumps({"e": "batch", "r": self._self, "events": events})
             self._spawn(self._client.publish(self.channel, payload))
 
     async def _listen(self) -> None:
@@ -405,7 +414,7 @@ class RedisSlots:
 
     def _heard(self, event: dict[str, Any]) -> None:
         kind = event.get("e")
-        mine = event.get("r") == self.replica
+        mine = event.get("r") == self._self
         if kind == "free":
             if not mine:  # our own release already took the script's count
                 self._set_count((event["b"], event["m"]), int(event["n"]))
@@ -446,7 +455,7 @@ class RedisSlots:
                 for held in list(self._unreleased.values()):
                     await self._release(
                         keys=[self._set(held.box, held.model)],
-                        args=[held.id, self.channel, held.box, held.model, self.replica],
+                        args=[held.id, self.channel, held.box, held.model, self._self],
                     )
                     self._unreleased.pop(held.id, None)
                 await self.sweep(force=True)

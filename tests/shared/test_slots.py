@@ -217,3 +217,14 @@ async def test_a_dead_replicas_tickets_expire(redis_server: RedisServer) -> None
         assert b.waiting() == {"m:latest": 1}
         await until(lambda: b.waiting() == {}, within=3)
         assert await b.reserve([ONE]) is not None
+
+
+async def test_a_replica_that_stops_gives_its_slots_back_at_once(redis_server: RedisServer) -> None:
+    async with stores(redis_server, 1, ttl=60) as (b,):
+        a = RedisSlots(redis_server.url, "leaving", ttl=60)
+        await a.start()
+        assert await a.reserve([ONE]) is not None
+        await a.enqueue("m:latest", priority=1, service=0)
+        await a.stop()  # a graceful stop, not a crash: no 60 s wait for the expiry
+        assert await redis_count(redis_server, *ONE[:2]) == 0
+        assert await b.reserve([ONE]) is not None
