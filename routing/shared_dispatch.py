@@ -162,7 +162,8 @@ class SharedDispatcher(Dispatcher):
         """The conversation's box, for every replica (its next turn may reach another)."""
         super().remember(conversation, box)
         if self._settings.conversation_affinity:
-            self._shared.broadcast({"e": "aff", "k": conversation, "b": box})
+            ttl = self._settings.affinity.ttl
+            self._shared.broadcast({"e": "aff", "k": conversation, "b": box, "t": ttl})
 
     def heard(self, event: dict[str, Any]) -> None:
         """Another replica's broadcast."""

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ollamux.backends.shared_state import scripts
+from ollamux.backends.shared_state import kept, scripts
 
 log = logging.getLogger("ollamux.shared_state")
 TROUBLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
@@ -94,6 +94,7 @@ class RedisSlots:
         self.on_change = on_change  # counts changed: the status board
         self.on_freed = on_freed  # a slot freed somewhere: place waiters
         self.on_event = on_event  # another replica's broadcast (affinity, fair share, ...)
+        self.recall_limit = 10_000  # conversations learnt at start (affinity.max_entries)
         self.channel = f"{prefix}:events"
         self._index = f"{prefix}:slotsets"
         self._registry = f"{prefix}:replicas"
@@ -163,6 +164,7 @@ class RedisSlots:
         try:
             await self._beat()
             await self.sweep()
+            await self._recall()
         except TROUBLE as exc:
             self._trouble(exc)
         loop = asyncio.get_running_loop()
@@ -393,7 +395,23 @@ class RedisSlots:
         events, self._outbox = self._outbox, []
         if events and self._client is not None and not self.degraded:
             payload = orjson.dumps({"e": "batch", "r": self._self, "events": events})
-            self._spawn(self._client.publish(self.channel, payload))
+            pipe = self._client.pipeline(transaction=False)
+            pipe.publish(self.channel, payload)
+            for event in events:
+                kept.keep(pipe, self._prefix, event)
+            self._spawn(pipe.execute())
+
+    async def _recall(self) -> None:
+        """What the fleet kept from before this replica started (affinity, cool-downs)."""
+        assert self._client is not None
+        for event in await kept.recall(self._client, self._prefix, self.recall_limit):
+            self._apply(event)
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        try:
+            self.on_event(event)
+        except Exception:  # one odd message must not stop the listener
+            log.exception("shared state: could not apply %r", event)
 
     async def _listen(self) -> None:
         while not self._stopping:
@@ -425,12 +443,8 @@ class RedisSlots:
         elif kind == "moved":
             self.on_freed()
         elif not mine:
-            events = event["events"] if kind == "batch" else [event]
-            for one in events:
-                try:
-                    self.on_event(one)
-                except Exception:  # one odd message must not stop the listener
-                    log.exception("shared state: could not apply %r", one)
+            for one in event["events"] if kind == "batch" else [event]:
+                self._apply(one)
 
     # -- Redis trouble ----------------------------------------------------------------
 

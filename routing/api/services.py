@@ -80,6 +80,7 @@ class Services:
                 on_freed=self._slot_freed,
                 on_event=self._heard,
             )
+            self.shared.recall_limit = settings.affinity.max_entries
             self.dispatcher = SharedDispatcher(
                 settings,
                 self.shared,

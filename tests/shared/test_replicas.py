@@ -253,3 +253,36 @@ async def _box_down(replica: Replica) -> bool:
 async def _slots_in_use(replica: Replica) -> int:
     status = await replica.status()
     return int(status["totals"]["in_flight"])
+
+
+async def test_a_429_rests_the_box_for_every_replica_even_one_started_later(
+    redis_server: RedisServer,
+) -> None:
+    async with fleet(redis_server, replicas=2) as f:
+        a, b = f.replicas
+        box = await turn(a, "before-the-late-replica")
+        f.boxes[0].faults.error_status = 429  # no Retry-After: routing.cooldown (30 s)
+        before = f.boxes[0].stats.requests
+        while f.boxes[0].stats.requests == before:
+            await turn(a, f"probe-{f.boxes[1].stats.requests}")  # failover serves them
+        await wait_until(lambda: _resting(b, "gpu-0"), within=3)
+        late_settings = _named(
+            cluster_settings(
+                f.boxes,
+                max_concurrent_connections=2,
+                shared_state={"redis": redis_server.url, "lease_ttl": 2},
+            ),
+            "replica-late",
+        )
+        app = create_app(late_settings)
+        async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            late = Replica(url, app.state.services, http)
+            await until_healthy(late, 2)
+            assert await _resting(late, "gpu-0")  # learnt from Redis, not from an event
+            assert await _knows(late, "before-the-late-replica", box)
+
+
+async def _resting(replica: Replica, box: str) -> bool:
+    resp = await replica.http.get("/router/explain", params={"model": MODEL})
+    entry = next(e for e in resp.json()["boxes"] if e["box"] == box)
+    return bool(entry.get("excluded") == "resting after a 429")
