@@ -286,3 +286,18 @@ async def _resting(replica: Replica, box: str) -> bool:
     resp = await replica.http.get("/router/explain", params={"model": MODEL})
     entry = next(e for e in resp.json()["boxes"] if e["box"] == box)
     return bool(entry.get("excluded") == "resting after a 429")
+
+
+async def test_a_stream_longer_than_its_lease_keeps_its_slot(redis_server: RedisServer) -> None:
+    async with fleet(redis_server, replicas=2, boxes=1) as f:
+        a, b = f.replicas
+        f.boxes[0].config.tokens_per_s = 200
+        long = asyncio.create_task(chat(a, options={"num_predict": 1200}))  # 6 s: 3 leases
+        await wait_until(lambda: _fleet_in_use_is(b, 1))
+        seen = []
+        while not long.done():
+            seen.append(await fleet_in_use(b))  # the other replica counts it all along
+            await asyncio.sleep(0.25)
+        answer = await long
+        assert answer[-1]["done"] and answer[-1]["eval_count"] == 1200
+        assert len(seen) > 16 and set(seen[:-2]) == {1}, seen
