@@ -107,6 +107,10 @@ class RedisSlots:
         self._live: dict[str, Held] = {}
         self._own: dict[Key, int] = {}  # slots this replica holds
         self._fleet: dict[Key, int] = {}  # fleet-wide, as last heard from Redis
+        self._own_view, self._fleet_view = (
+            MappingProxyType(self._own),
+            MappingProxyType(self._fleet),
+        )
         self._unreleased: dict[str, Held] = {}  # ended while Redis was away
         self._places: dict[str, Place] = {}  # this replica's waiting tickets
         self._outbox: list[dict[str, Any]] = []  # broadcasts of this turn of the loop
@@ -125,18 +129,19 @@ class RedisSlots:
     def usage(self) -> Mapping[Key, int]:
         """Slots in use per (box, model): fleet-wide, or this replica's own when degraded
         (then ``reserve`` holds it to its share)."""
-        return MappingProxyType(self._own if self.degraded else self._fleet)
+        return self._own_view if self.degraded else self._fleet_view
 
     @property
     def own(self) -> Mapping[Key, int]:
-        return MappingProxyType(self._own)
+        return self._own_view
 
     def in_flight(self) -> int:
         return len(self._live)
 
     def waiting(self) -> dict[str, int]:
-        """Requests waiting fleet-wide, per model (as of the last sweep)."""
-        return dict(self._waiting)
+        """Requests waiting fleet-wide, per model (as of the last sweep); nothing known
+        while Redis is away (the dispatcher then counts this replica's own)."""
+        return {} if self.degraded else dict(self._waiting)
 
     def replicas(self) -> list[dict[str, Any]]:
         if not self._replicas:
