@@ -75,6 +75,10 @@ class SharedSlots(Protocol):
         """A sort key: the tickets' fleet-wide order."""
         ...
 
+    async def rescore(self, updates: Sequence[tuple[Any, int, float]]) -> None:
+        """Tickets (place, priority, service now) take their place by the service now."""
+        ...
+
     def waiting(self) -> dict[str, int]:
         """Requests waiting fleet-wide, per model."""
         ...
@@ -268,6 +272,11 @@ class SharedDispatcher(Dispatcher):
             # The fleet-wide order the tickets took (priority, service, arrival): the
             # store refuses a waiter while others wait ahead of it, so look in that order.
             ticketed = [(w, p) for w in queue if (p := self._places.get(w)) is not None]
+            if self._settings.fairness.enabled:
+                # Fair share as it is now: users served since their tickets were taken
+                # move back (every replica does this for its own tickets).
+                now_service = [(p, w.ticket.priority, self._service(w.ticket)) for w, p in ticketed]
+                await self._shared.rescore(now_service)
             ticketed.sort(key=lambda pair: self._shared.order(pair[1]))
             for waiter, place in ticketed:
                 if waiter.future.done():

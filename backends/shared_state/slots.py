@@ -268,6 +268,25 @@ class RedisSlots:
                 self._trouble(exc)
         return place
 
+    async def rescore(self, updates: Sequence[tuple[Place, int, float]]) -> None:
+        """Move waiting tickets to their place by their user's service now (it grows as
+        the user's other requests are served): one pipeline for those that moved."""
+        moved = []
+        for place, priority, service in updates:
+            new = score(priority, service)
+            if new != place.score:
+                place.score = new
+                moved.append(place)
+        if not moved or self.degraded or self._client is None:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for place in moved:
+            pipe.zadd(place.room, {place.member: place.score}, xx=True)
+        try:
+            await pipe.execute()
+        except TROUBLE as exc:
+            self._trouble(exc)
+
     @staticmethod
     def order(place: Place) -> tuple[float, str]:
         """The waiting room's order, as Redis keeps it (score, then name)."""

@@ -301,3 +301,28 @@ async def test_a_stream_longer_than_its_lease_keeps_its_slot(redis_server: Redis
         answer = await long
         assert answer[-1]["done"] and answer[-1]["eval_count"] == 1200
         assert len(seen) > 16 and set(seen[:-2]) == {1}, seen
+
+
+async def test_fair_share_moves_a_waiting_flood_back_as_it_is_served(
+    redis_server: RedisServer,
+) -> None:
+    """Tickets taken while their user had no service yet move back once that user's
+    first requests are served: a later user on another replica goes before the rest."""
+    async with fleet(redis_server, replicas=2, boxes=1) as f:
+        a, b = f.replicas
+        f.boxes[0].config.tokens_per_s = 40
+        order: list[str] = []
+
+        async def one(replica: Replica, user: str, tokens: int) -> None:
+            await chat(replica, user=user, options={"num_predict": tokens})
+            order.append(user)
+
+        filler = [asyncio.create_task(one(b, "filler", 40)) for _ in range(2)]  # 1 s each
+        await wait_until(lambda: _fleet_in_use_is(a, 2))
+        flood = [asyncio.create_task(one(a, "batch", 24)) for _ in range(10)]
+        await wait_until(lambda: _waiting_is_at_least(b, 10))
+        alice = asyncio.create_task(one(b, "alice", 24))  # later, and as unserved as batch was
+        await asyncio.gather(alice, *flood, *filler)
+        served = [u for u in order if u != "filler"]
+        # Once batch's first two are placed, its waiting tickets are behind alice's.
+        assert served.index("alice") <= 3, served
