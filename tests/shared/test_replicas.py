@@ -215,7 +215,7 @@ async def test_a_flood_through_one_replica_does_not_starve_a_user_on_another(
             order.append(user)
 
         flood = [asyncio.create_task(one(a, "batch")) for _ in range(14)]
-        await wait_until(lambda: _waiting_is_at_least(b, 10))
+        await wait_until(lambda: _waiting_is_at_least(b, 6))
         arrived = len(order)
         alice = [asyncio.create_task(one(b, "alice")) for _ in range(2)]
         await asyncio.gather(*alice, *flood)
@@ -317,7 +317,7 @@ async def test_fair_share_moves_a_waiting_flood_back_as_it_is_served(
             await chat(replica, user=user, options={"num_predict": tokens})
             order.append(user)
 
-        filler = [asyncio.create_task(one(b, "filler", 40)) for _ in range(2)]  # 1 s each
+        filler = [asyncio.create_task(one(b, "filler", 120)) for _ in range(2)]  # 3 s each
         await wait_until(lambda: _fleet_in_use_is(a, 2))
         flood = [asyncio.create_task(one(a, "batch", 24)) for _ in range(10)]
         await wait_until(lambda: _waiting_is_at_least(b, 10))
