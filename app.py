@@ -28,7 +28,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ollamux.backends.relay import Exchanges
+from ollamux.backends.translate.anthropic_response import error_doc
 from ollamux.routing.api import admin as admin_api
+from ollamux.routing.api import anthropic as anthropic_api
 from ollamux.routing.api import audio as audio_api
 from ollamux.routing.api import auth, server, surface
 from ollamux.routing.api import models as fleet_api
@@ -76,6 +78,7 @@ def create_app(
             *openai_api.routes,
             *responses_api.routes,
             *audio_api.routes,
+            *anthropic_api.routes,
             *router_api.routes,
             *admin_api.routes,
             *auth.routes,
@@ -140,7 +143,10 @@ def draining(app: Starlette) -> Callable[[], None]:
 def error_response(request: Request, exc: ProxyError) -> Response:
     """One error, in the shape of the API the client spoke."""
     content: dict[str, Any]
-    if request.url.path.startswith("/v1/"):
+    path = request.url.path
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        content = error_doc(exc.status, exc.message)
+    elif path.startswith("/v1/"):
         content = {"error": {"message": exc.message, "type": exc.code, "code": exc.status}}
         if exc.param is not None:
             content["error"]["param"] = exc.param

@@ -71,14 +71,16 @@ class Breakable(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """What to send to one box for one client request: the box's path and body.
-    ``fallback``: what to send instead when the box answers 404 on ``path`` (a route it
-    may not serve, tried bytes through first); the exchange remembers which boxes lack it."""
+    """What to send to one box for one client request: the box's path and body."""
 
     path: str
     body: bytes
     translator: Translator | None = None
-    fallback: Outbound | None = None
+    # A route the box may not serve (tried bytes through first): given the body of its
+    # 404, what to send the same box instead (a translation), or None when the 404 is the
+    # answer (the route exists; the model does not). Once the box answers the translation
+    # with anything but a 404, it is remembered as lacking ``path`` (``BoxState.lacking``).
+    instead: Callable[[bytes], Outbound | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,7 @@ class Target:
     api_key: str | None
     body: bytes
     translator: Translator | None = None
-    fallback: Target | None = None
+    instead: Callable[[bytes], Target | None] | None = None  # see Outbound.instead
     path: str = ""  # the path on the box (for remembering a route it lacks)
 
 
@@ -255,12 +257,19 @@ class Exchange:
                         self.outcome.status = error.status
                         raise error from exc
                     continue
-                if resp.status == 404 and target.fallback is not None:
-                    # Not a failure: the box may lack the route. Its translation goes to
-                    # the same box, on the same slot.
-                    resp.close()
-                    lacking, self._target = target, target.fallback
-                    continue
+                if resp.status == 404 and target.instead is not None:
+                    # Perhaps the box does not serve the route: no failure, no failover;
+                    # the same box, holding the same slot, gets the translation instead.
+                    # (The body is small and kept: it is relayed if the 404 stands.)
+                    try:
+                        answer = await resp.read()
+                    except UpstreamError:
+                        answer = b""
+                    other = target.instead(answer)
+                    if other is not None:
+                        resp.close()
+                        lacking, self._target = target, other
+                        continue
                 if lacking is not None:
                     if lacking.box == target.box and resp.status != 404:
                         # The translation found the model, so the 404 was the route's.
@@ -344,10 +353,15 @@ class Exchange:
         translator: Translator | None,
     ) -> None:
         outcome = self.outcome
-        prev = last = b""
+        prev = last = first = b""
+        # Anthropic's stream says the prompt's size in its first event (message_start); a
+        # box may leave it out of the last (llama-server's message_delta): keep that too.
+        head = outcome.path.startswith("/v1/messages")
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
             async for chunk in resp.chunks():
+                if head and not first:
+                    first = chunk
                 prev, last = last, chunk
                 out = chunk if translator is None else translator.chunk(chunk)
                 if out:
@@ -367,6 +381,8 @@ class Exchange:
             return
         finally:
             outcome.tail = (prev + last)[-_TAIL:]
+            if first and first is not prev and first is not last:
+                outcome.tail = first[:_TAIL] + b"\n" + outcome.tail
             resp.close()
         await _send_quietly(send, b"" if translator is None else translator.end())
 

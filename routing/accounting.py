@@ -3,9 +3,11 @@
 The relay keeps the last bytes of every response (``Outcome.tail``); the figures a box
 reports sit in its final chunk: Ollama's ``prompt_eval_count``, ``eval_count``,
 ``eval_duration``, ``load_duration`` (nanoseconds), OpenAI's ``usage`` (chat
-completions' ``prompt_tokens``, the Responses API's ``input_tokens``) and
-llama-server's ``timings`` (milliseconds). Nothing here touches the stream on its way
-to the client.
+completions' ``prompt_tokens``, the Responses API's ``input_tokens``), Anthropic's
+``usage`` (``input_tokens``, ``output_tokens``; for Anthropic streams the relay also
+keeps the first event, whose ``message_start`` says the prompt's size where the last
+does not) and llama-server's ``timings`` (milliseconds). Nothing here touches the
+stream on its way to the client.
 
 The tail is searched for known keys rather than parsed as JSON: a long non-streamed
 answer is cut at the front, and a stream's tail holds one or two whole chunks. A key
@@ -31,7 +33,7 @@ _KEYS = (
     # OpenAI usage
     "prompt_tokens",
     "completion_tokens",
-    # the Responses API's usage (in ``response.completed``)
+    # the Responses API's usage (response.completed) and Anthropic's (message_delta)
     "input_tokens",
     "output_tokens",
     # llama-server timings (durations in milliseconds)
@@ -81,8 +83,8 @@ def read_counts(tail: bytes) -> Counts:
             load_seconds=_scaled(found.get("load_duration"), 1e-9),
             total_seconds=_scaled(found.get("total_duration"), 1e-9),
         )
-    prompt = found.get("prompt_tokens", found.get("input_tokens", found.get("prompt_n")))
-    output = found.get("completion_tokens", found.get("output_tokens", found.get("predicted_n")))
+    prompt = found.get("prompt_tokens", found.get("prompt_n", found.get("input_tokens")))
+    output = found.get("completion_tokens", found.get("predicted_n", found.get("output_tokens")))
     prompt_seconds = _scaled(found.get("prompt_ms"), 1e-3)
     decode_seconds = _scaled(found.get("predicted_ms"), 1e-3)
     total = None

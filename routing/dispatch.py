@@ -353,11 +353,21 @@ def no_route_error(
         message = f'model "{model}" not found, try pulling it first'
         if unseen := unseen_boxes(fleet):
             message += f" (box {', '.join(unseen)} has not answered yet and may have it)"
-        return ModelNotFound(message)
+        return ModelNotFound(message + fleet_models(fleet))
     why = unavailable_reason(fleet, key)
     if not any(b.reachable for b in fleet.boxes):
         return NoCapacity(f'no box is reachable to serve model "{model}": {why}', retry_after=5)
     return NoCapacity(f'no box can serve model "{model}" right now: {why}', retry_after=5)
+
+
+def fleet_models(fleet: Fleet, most: int = 20) -> str:
+    """The models the fleet has, for a 404: an agent sent a name no box knows (a
+    ``claude-...`` model, say), and the user needs to see what to map it to (aliases)."""
+    names = sorted({m for b in fleet.boxes if b.routable for m in b.models})
+    if not names:
+        return ""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return "; the fleet has: " + ", ".join(names[:most]) + more
 
 
 def _expire(waiter: Waiter, model: str, timeout: float) -> None:

@@ -5,7 +5,7 @@ input tokens counted (estimated from the body) when a request is placed, output 
 when it ends. When requests wait, the next one placed is the one whose user has received
 the least service lately, so one user's flood of batch requests cannot starve another's
 interactive ones. Users are the client key's name, the ``X-User-Id`` header, OpenAI's
-``user`` field, else "anonymous".
+``user`` field, Anthropic's ``metadata.user_id``, else "anonymous".
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ def user_of(key_name: str | None, headers: Mapping[str, str], doc: Mapping[str, 
     if header:
         return header[:128]
     user = doc.get("user")
+    if isinstance(user, str) and user:
+        return user[:128]
+    metadata = doc.get("metadata")  # Anthropic's Messages API says who asks here
+    user = metadata.get("user_id") if isinstance(metadata, Mapping) else None
     if isinstance(user, str) and user:
         return user[:128]
     return ANONYMOUS

@@ -6,9 +6,10 @@ current one without locks because nothing in it ever mutates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any
 
@@ -28,10 +29,40 @@ def canonical_model(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+def version_key(version: str | None) -> tuple[int, ...]:
+    """A box's version, comparable: ``0.13.3``, ``v0.13.3-rc1`` -> (0, 13, 3); parts that
+    are not numbers count 0; no version is ()."""
+    if not version:
+        return ()
+    parts = version.removeprefix("v").split("-")[0].split(".")
+    return tuple(int(p) if p.isdigit() else 0 for p in parts)
+
+
 def model_key(name: str, aliases: Mapping[str, str]) -> str:
     """The one routing key of a model: the config's alias for it (``aliases`` is keyed by
     canonical names), else its canonical name."""
     return canonical_model(aliases.get(canonical_model(name), name))
+
+
+_GLOB = frozenset("*?[")
+
+
+def split_aliases(
+    pairs: Iterable[tuple[str, str]],
+) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    """The config's ``aliases``: exact names (a box's own id -> the model it is the same
+    as, keyed by canonical name) and glob patterns (``claude-*``), in config order."""
+    exact = {canonical_model(own): name for own, name in pairs if not _GLOB & set(own)}
+    patterns = tuple((own, name) for own, name in pairs if _GLOB & set(own))
+    return exact, patterns
+
+
+def pattern_alias(name: str, patterns: Iterable[tuple[str, str]]) -> str | None:
+    """The model the first matching pattern maps ``name`` to, if any."""
+    for pattern, target in patterns:
+        if fnmatchcase(name, pattern) or fnmatchcase(canonical_model(name), pattern):
+            return target
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,6 +128,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
+@pytest.mark.soak
 async def test_leases_all_return_under_disconnects_and_failures(cluster: Any) -> None:
     cfg = {"tokens_per_s": 400.0, "default_tokens": 30, "num_parallel": 8}
     async with cluster(

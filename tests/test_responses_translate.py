@@ -12,11 +12,11 @@ import pytest
 from ollamux.backends.translate import openai_client as to_ollama
 from ollamux.backends.translate.responses import chat_request
 from ollamux.backends.translate.responses_answer import response_object
-from ollamux.backends.translate.responses_plan import Chained, serves_responses, version_key
+from ollamux.backends.translate.responses_plan import Chained, serves_responses
 from ollamux.backends.translate.responses_stream import ChatToResponses, stream_broken
 from ollamux.routing.accounting import read_counts
 from ollamux.routing.errors import BadRequest, UpstreamError
-from ollamux.routing.state import BoxState
+from ollamux.routing.state import BoxState, version_key
 
 M = "m:1b"
 TOOL = {"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}}

@@ -38,6 +38,7 @@ import orjson
 from aiohttp import web
 
 from ollamux.backends.sim.engine import QueueFull, Scheduler, SimStats, token_ids
+from ollamux.backends.sim.messages import SSE, MessagesError, Reply, chat_request
 
 _TEXT = (
     "a quiet river runs past old stone walls where green moss grows and small birds rest "
@@ -71,6 +72,7 @@ class LlamaConfig:
     max_queue: int = 512
     n_ctx: int = 4096
     build_info: str = "b6500-sim"
+    messages: bool = True  # serves Anthropic's /v1/messages (False: an older build, 404)
 
 
 @dataclass
@@ -182,6 +184,7 @@ class SimLlama:
                 web.post(f"{prefix}/embeddings", self._embeddings),
             ]
         routes.append(web.get("/v1/health", self._health))
+        routes += self._messages_routes()
         if self.config.router:
             routes.append(web.post("/models/load", self._load))
             routes.append(web.post("/models/unload", self._unload))
@@ -393,6 +396,71 @@ class SimLlama:
         ]
         usage = {"prompt_tokens": len(prompt), "total_tokens": len(prompt)}
         return _json({"object": "list", "data": data, "model": doc.get("model"), "usage": usage})
+
+    # -- Anthropic's Messages API (recent builds) -------------------------------------
+
+    def _messages_routes(self) -> list[web.AbstractRouteDef]:
+        if not self.config.messages:
+            return []
+        return [
+            web.post("/v1/messages", self._messages),
+            web.post("/v1/messages/count_tokens", self._count_tokens),
+        ]
+
+    def _anthropic_chat(self, doc: dict[str, Any], default_max: int | None) -> dict[str, Any]:
+        try:
+            return chat_request(doc, default_max=default_max)
+        except MessagesError as exc:
+            raise _Error(400, str(exc)) from None
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        doc = await self._doc(request)
+        chat = self._anthropic_chat(doc, 4096)  # the README's default max_tokens
+        name = self._model(doc)
+        messages = chat["messages"]
+        seed = _text(messages[-1].get("content"))
+        prompt = _prompt(messages)
+        answer = _ChatAnswer(chat, seed, self.config.default_tokens)
+        calls = [
+            (c["id"], c["function"]["name"], orjson.loads(c["function"]["arguments"]))
+            for c in answer.calls
+        ]
+        reply = Reply(
+            model=doc.get("model") or name,
+            thinking=answer.reasoning,
+            text=answer.tokens,
+            calls=calls,
+            finish=answer.reason,
+            input_tokens=max(1, len(prompt)),
+            output_tokens=answer.count,
+            ident=f"msg_{zlib.crc32((name + seed).encode()):08x}",  # same ask, same bytes
+            final_input=False,
+        )
+        try:
+            async with self._scheduler.lease(name, prompt, -1) as lease:
+                lease.remember(prompt)
+                if not chat["stream"]:
+                    await self._decode(answer.count)
+                    return _json(reply.message())
+                resp = web.StreamResponse(headers=SSE)
+                await resp.prepare(request)
+                for i, chunk in enumerate(reply.events()):
+                    if self.config.tokens_per_s > 0 and i > 0:
+                        await asyncio.sleep(1 / self.config.tokens_per_s)
+                    await resp.write(chunk)
+                return resp
+        except QueueFull:
+            raise _Error(503, "the server is busy", "unavailable_error") from None
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        doc = await self._doc(request)
+        self._model(doc)
+        chat = self._anthropic_chat(doc, None)
+        return _json({"input_tokens": max(1, len(_prompt(chat["messages"])))})
+
+
+def _prompt(messages: list[dict[str, Any]]) -> list[int]:
+    return token_ids(" ".join(_text(m.get("content")) for m in messages if isinstance(m, dict)))
 
 
 def _object(raw: bytes) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import contextlib
 import ipaddress
 import signal
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -58,6 +59,8 @@ from ollamux.backends.sim.http import (
     normalize,
     read_object,
 )
+from ollamux.backends.sim.messages import SSE, MessagesError, Reply, chat_request
+from ollamux.backends.sim.messages import error_body as messages_error
 from ollamux.backends.sim.responses import Handler as ResponsesHandler
 from ollamux.backends.sim.store import Store
 
@@ -258,6 +261,7 @@ class SimBox:
             web.post("/v1/responses", self.responses.handle),
             web.post("/v1/audio/transcriptions", self.audio.handle),
             *self.store.routes(),
+            *self._messages_routes(),
         ]
 
     # -- metadata routes ----------------------------------------------------------
@@ -505,6 +509,80 @@ class SimBox:
                 "prompt_eval_count": len(prompt),
             }
         )
+
+    # -- Anthropic's Messages API (Ollama 0.14.0 and later) ---------------------------
+
+    def _messages_routes(self) -> list[web.AbstractRouteDef]:
+        """``/v1/messages`` from 0.14.0 on; an older box answers 404, as a real one does.
+        Like Ollama's, it is ``/api/chat`` underneath, so the model answers the same."""
+        if _version(self.config.version) < _MESSAGES_SINCE:
+            return []
+        return [web.post("/v1/messages", self._messages)]
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        started_ns = time.perf_counter_ns()
+        refusal = await self._refusal()
+        if refusal is not None:
+            message = BUSY if refusal.status == 503 else "simulated failure"
+            return json_response(messages_error(refusal.status, message), refusal.status)
+        try:
+            doc = chat_request(await read_object(request), default_max=None)
+            body = {k: v for k, v in doc.items() if k not in ("max_tokens", "reasoning_effort")}
+            if "max_tokens" in doc:
+                body["options"] = {"num_predict": doc["max_tokens"]}
+            job = _Job(body, True, started_ns)
+        except (ApiError, MessagesError) as exc:
+            return json_response(messages_error(400, str(exc)), 400)
+        if job.name not in self.store.models:
+            message = f"model '{job.model}' not found"
+            return json_response(messages_error(404, message), 404)
+        try:
+            async with self._scheduler.lease(job.name, job.prompt, job.keep_alive) as lease:
+                reply = self._reply(job, lease)
+                if not job.stream:
+                    await self._decode(reply.output_tokens)
+                    return json_response(reply.message())
+                return await self._stream_events(request, reply.events())
+        except QueueFull:
+            return json_response(messages_error(503, BUSY), 503)
+
+    def _reply(self, job: _Job, lease: Lease) -> Reply:
+        cfg = self.config
+        thinking = (
+            answer_tokens("think:" + job.seed, max(1, cfg.default_tokens // 2)) if job.think else []
+        )
+        content, reason = self._content(job)
+        generated = token_ids("".join(thinking) + "".join(content))
+        uncached = max(1, len(job.prompt) - lease.cached)
+        lease.remember(job.prompt + generated)
+        calls: list[tuple[str, str, dict[str, Any]]] = []
+        if job.tool is not None:
+            calls.append((f"call_{zlib.crc32((job.seed + job.tool).encode()):08x}", job.tool, {}))
+        output = len(thinking) + len(content) + len(calls)
+        ident = f"msg_{zlib.crc32((job.model + job.seed).encode()):08x}"  # same ask, same bytes
+        return Reply(job.model, thinking, content, calls, reason, uncached, output, ident)
+
+    async def _decode(self, tokens: int) -> None:
+        if self.config.tokens_per_s > 0 and tokens:
+            await asyncio.sleep(tokens / self.config.tokens_per_s)
+
+    async def _stream_events(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=SSE)
+        await resp.prepare(request)
+        rate = self.config.tokens_per_s
+        for sent, chunk in enumerate(events):
+            if rate > 0 and sent:
+                await asyncio.sleep(1 / rate)
+            if not await self._send(request, resp, sent, chunk):
+                break
+        return resp
+
+
+_MESSAGES_SINCE = (0, 14, 0)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else 0 for p in text.split("-")[0].split("."))
 
 
 def _head(job: _Job, text: str) -> dict[str, Any]:

@@ -11,9 +11,8 @@ from typing import Any
 
 from ollamux.backends.relay import Outbound
 from ollamux.backends.translate.plans import OLLAMA_KINDS, Routed
-from ollamux.backends.translate.responses_plan import version_key
 from ollamux.routing.errors import BadRequest, RouteNotImplemented
-from ollamux.routing.state import BoxState
+from ollamux.routing.state import BoxState, version_key
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 OLLAMA_SINCE = (0, 20, 0)

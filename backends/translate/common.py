@@ -304,7 +304,8 @@ class SSEReader:
         self._buffer = b""
 
     def feed(self, data: bytes) -> Iterator[str]:
-        self._buffer += data.replace(b"\r\n", b"\n")
+        # On the whole buffer: a CRLF may be split between two pieces.
+        self._buffer = (self._buffer + data).replace(b"\r\n", b"\n")
         while (end := self._buffer.find(b"\n\n")) >= 0:
             event, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
             lines = [ln[5:].removeprefix(b" ") for ln in event.split(b"\n") if ln[:5] == b"data:"]

@@ -24,17 +24,11 @@ from ollamux.backends.translate.models import own_id
 from ollamux.backends.translate.plans import Routed, with_model
 from ollamux.backends.translate.responses_stream import ChatToResponses
 from ollamux.routing.errors import BadRequest
-from ollamux.routing.state import BoxState
+from ollamux.routing.state import BoxState, version_key
 
 RESPONSES = "/v1/responses"
 CHAT = "/v1/chat/completions"
 OLLAMA_SINCE = (0, 13, 3)  # Ollama's first release with /v1/responses
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    """``0.13.3``, ``v0.13.3-rc1`` -> (0, 13, 3); parts that are not numbers count 0."""
-    parts = version.removeprefix("v").split("-")[0].split(".")
-    return tuple(int(p) if p.isdigit() else 0 for p in parts)
 
 
 def serves_responses(box: BoxState) -> bool | None:
@@ -84,7 +78,7 @@ def for_responses_client(
         if serves is False:
             return other
         out = same(box)
-        return Outbound(out.path, out.body, fallback=other)
+        return Outbound(out.path, out.body, instead=lambda _answer: other)
 
     def unable(box: BoxState) -> bool:
         return serves_responses(box) is False and isinstance(

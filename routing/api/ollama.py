@@ -17,7 +17,7 @@ from ollamux.routing.api.body import read_json, require_model
 from ollamux.routing.api.forward import JSON, proxy, services
 from ollamux.routing.choose import unavailable_reason
 from ollamux.routing.errors import NoCapacity
-from ollamux.routing.state import Fleet, canonical_model
+from ollamux.routing.state import Fleet, canonical_model, version_key
 
 
 async def root(request: Request) -> Response:
@@ -101,14 +101,7 @@ def merged_tags(fleet: Fleet) -> list[Any]:
 def lowest_version(fleet: Fleet) -> str:
     """The oldest Ollama in the fleet: clients may only use what every box supports."""
     versions = [b.version for b in fleet.boxes if b.version and b.kind == "ollama"]
-    return min(versions, key=_version_key) if versions else "0.0.0"
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    parts = []
-    for part in version.split("-")[0].split("."):
-        parts.append(int(part) if part.isdigit() else 0)
-    return tuple(parts)
+    return min(versions, key=version_key) if versions else "0.0.0"
 
 
 routes: list[BaseRoute] = [

@@ -30,7 +30,7 @@ from ollamux.routing.observe.stats import Stats
 from ollamux.routing.observe.status import Snapshot, StatusBoard
 from ollamux.routing.settings import Settings
 from ollamux.routing.shared_dispatch import SharedDispatcher
-from ollamux.routing.state import BoxState, Usage, canonical_model, model_key
+from ollamux.routing.state import BoxState, Usage, model_key, pattern_alias, split_aliases
 from ollamux.routing.waiting import PRIORITIES, Ticket
 
 # How to send one client request to a given box (its path and body; translation if its
@@ -46,7 +46,7 @@ class Services:
         self.clock: Clock = clock or LoopClock()
         self.endpoints = {ep.name: ep for ep in settings.endpoints}
         self._retiring: set[str] = set()  # removed from the config, draining
-        self.aliases = {canonical_model(own): name for own, name in settings.aliases}
+        self.aliases, self.patterns = split_aliases(settings.aliases)
         self.upstream = Upstream(settings.timeouts)
         self.metrics = Metrics(self.snapshot)
         self.stats = Stats(settings.stats, self.metrics, self.snapshot)
@@ -100,8 +100,15 @@ class Services:
         return self.board.snapshot()
 
     def model_key(self, name: str) -> str:
-        """The routing key of the model a client asked for (aliases applied)."""
-        return model_key(name, self.aliases)
+        """The routing key of the model a client asked for (aliases applied). A glob
+        pattern (``claude-*``) only maps names no box has: a model the fleet serves is
+        never shadowed by a pattern."""
+        key = model_key(name, self.aliases)
+        if self.patterns and not self.prober.fleet.knows(key):
+            target = pattern_alias(name, self.patterns)
+            if target is not None:
+                return model_key(target, self.aliases)
+        return key
 
     def _waiting_changed(self) -> None:
         self.board.changed()
@@ -131,7 +138,7 @@ class Services:
         their last request ends. Returns what changed, by box name."""
         old, new = self.endpoints, {ep.name: ep for ep in settings.endpoints}
         self.settings = settings
-        self.aliases = {canonical_model(own): name for own, name in settings.aliases}
+        self.aliases, self.patterns = split_aliases(settings.aliases)
         self.endpoints = {**old, **new}  # removed boxes stay known until they retire
         self.upstream.retime(settings.timeouts)
         removed = self.prober.reconfigure(settings, adapters(self.aliases))
@@ -173,8 +180,20 @@ class Services:
         await self.stats.stop()
 
     def target(self, box: str, plan: Plan) -> Target:
+        return self._target(box, plan(self.prober.fleet.by_name[box]))
+
+    def _target(self, box: str, out: Outbound) -> Target:
         ep = self.endpoints[box]
-        return _target(box, ep.url, ep.api_key, plan(self.prober.fleet.by_name[box]))
+        instead = out.instead
+        fallback = None
+        if instead is not None:
+
+            def fallback(answer: bytes) -> Target | None:
+                other = instead(answer)
+                return None if other is None else self._target(box, other)
+
+        url, key = ep.url + out.path, ep.api_key
+        return Target(box, url, key, out.body, out.translator, fallback, out.path)
 
     async def exchange(
         self,
@@ -252,11 +271,6 @@ class Services:
                 # It loaded the model (and may have evicted another): look now, not in 2 s.
                 self.prober.poke(outcome.box)
         self.board.changed()
-
-
-def _target(box: str, url: str, api_key: str | None, out: Outbound) -> Target:
-    fallback = None if out.fallback is None else _target(box, url, api_key, out.fallback)
-    return Target(box, url + out.path, api_key, out.body, out.translator, fallback, out.path)
 
 
 def make_ticket(
