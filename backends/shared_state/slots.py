@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ollamux.backends.shared_state import kept, scripts
@@ -115,7 +114,6 @@ class RedisSlots:
         self._unreleased: dict[str, Held] = {}  # ended while Redis was away
         self._places: dict[str, Place] = {}  # this replica's waiting tickets
         self._outbox: list[dict[str, Any]] = []  # broadcasts of this turn of the loop
-        self._releasing: list[Held] = []  # slots given back in this turn of the loop
         self._waiting: dict[str, int] = {}  # fleet-wide, per model
         self._replicas: list[dict[str, Any]] = []
         self._live_replicas = 1
@@ -195,7 +193,6 @@ class RedisSlots:
                 self.release(held)
             for place in list(self._places.values()):
                 self.leave(place)
-            self._flush()  # now, not on the next turn of the loop: the client closes below
         if self._pending:
             await asyncio.wait(self._pending, timeout=self._timeout * 2)
         if self._client is not None and not self.degraded:
@@ -321,14 +318,20 @@ class RedisSlots:
             return
         self._count(self._fleet, key, -1)  # what the script will say; it corrects us
         self.on_change()
-        # With what the request's end broadcasts (its tokens, its conversation's box) in
-        # the same turn of the loop: one pipeline, one round trip.
-        self._queue_flush()
-        self._releasing.append(held)
+        self._spawn(self._release_in_redis(held))
 
-    def _queue_flush(self) -> None:
-        if not self._outbox and not self._releasing:
-            asyncio.get_running_loop().call_soon(self._flush)
+    async def _release_in_redis(self, held: Held) -> None:
+        try:
+            n = await self._release(
+                keys=[self._set(held.box, held.model)],
+                args=[held.id, self.channel, held.box, held.model, self._self],
+            )
+        except TROUBLE as exc:
+            self._unreleased[held.id] = held
+            self._trouble(exc)
+        else:
+            self._set_count((held.box, held.model), int(n))
+        self.on_freed()
 
     def _hold(self, lease_id: str, box: str, model: str) -> Held:
         held = Held(lease_id, box, model)
@@ -408,54 +411,19 @@ class RedisSlots:
         Events of one turn of the event loop go out as one message."""
         if self.degraded or self._client is None:
             return
-        self._queue_flush()
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append(event)
 
     def _flush(self) -> None:
         events, self._outbox = self._outbox, []
-        releasing, self._releasing = self._releasing, []
-        if not events and not releasing:
-            return
-        if self._client is None or self.degraded:
-            for held in releasing:
-                self._unreleased[held.id] = held
-            if releasing:
-                self.on_freed()
-            return
-        self._spawn(self._send(releasing, events))
-
-    async def _send(self, releasing: list[Held], events: list[dict[str, Any]]) -> None:
-        assert self._client is not None
-        pipe = self._client.pipeline(transaction=False)
-        for held in releasing:
-            # EVALSHA itself: a Script object in a pipeline costs a SCRIPT EXISTS first.
-            args = [held.id, self.channel, held.box, held.model, self._self]
-            pipe.evalsha(self._release.sha, 1, self._set(held.box, held.model), *args)
-        if events:
+        if events and self._client is not None and not self.degraded:
             payload = orjson.dumps({"e": "batch", "r": self._self, "events": events})
+            pipe = self._client.pipeline(transaction=False)
             pipe.publish(self.channel, payload)
             for event in events:
                 kept.keep(pipe, self._prefix, event)
-        try:
-            try:
-                results = await pipe.execute()
-            except NoScriptError:  # a restarted Redis: the rest ran; load it and again
-                results = [await self._release_one(held) for held in releasing]
-        except TROUBLE as exc:
-            for held in releasing:
-                self._unreleased[held.id] = held
-            self._trouble(exc)
-        else:
-            for held, n in zip(releasing, results, strict=False):
-                self._set_count((held.box, held.model), int(n))
-        if releasing:
-            self.on_freed()
-
-    async def _release_one(self, held: Held) -> Any:
-        return await self._release(
-            keys=[self._set(held.box, held.model)],
-            args=[held.id, self.channel, held.box, held.model, self._self],
-        )
+            self._spawn(pipe.execute())
 
     async def _recall(self) -> None:
         """What the fleet kept from before this replica started (affinity, cool-downs)."""
