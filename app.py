@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -263,6 +264,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 async def serve(app: Starlette, args: argparse.Namespace) -> None:
     settings: Settings = app.state.services.settings
+    if app.state.services.shared is not None:  # how other replicas' dashboards list us
+        host = socket.gethostname() if args.host in ("0.0.0.0", "::", "") else args.host
+        app.state.services.shared.address = f"{host}:{args.port}"
     await server.serve(
         app,
         args.host,

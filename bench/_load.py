@@ -10,6 +10,7 @@ is what limits it, not the generator.
     python bench/_load.py capacity --url A --url B --concurrency 64 --seconds 3 --rounds 4
     python bench/_load.py stream   --url A --url B --tokens 20000 --rounds 4
     python bench/_load.py hold     --url A --streams 1000 --seconds 20
+    python bench/_load.py spread   --url A --url B --url C --concurrency 64 --seconds 3
 """
 
 from __future__ import annotations
@@ -163,9 +164,16 @@ async def serial(urls: list[str], requests: int, warmup: int) -> dict[str, Any]:
     return {"latency_ms": [percentiles(s) for s in samples]}
 
 
-async def _hammer(url: str, concurrency: int, warmup: float, seconds: float) -> dict[str, Any]:
-    raw = raw_request(url, "/api/chat", chat_body(stream=False, tokens=8))
-    conns = await asyncio.gather(*(Conn.open(url) for _ in range(concurrency)))
+async def _hammer(
+    url: str | list[str], concurrency: int, warmup: float, seconds: float
+) -> dict[str, Any]:
+    """``concurrency`` clients in a closed loop; given several URLs, client i uses the
+    i-th one round-robin (replicas behind a load balancer)."""
+    urls = [url] if isinstance(url, str) else url
+    body = chat_body(stream=False, tokens=8)
+    targets = [urls[i % len(urls)] for i in range(concurrency)]
+    conns = await asyncio.gather(*(Conn.open(u) for u in targets))
+    raws = [raw_request(u, "/api/chat", body) for u in targets]
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + seconds
     counts = [0] * concurrency
@@ -175,7 +183,7 @@ async def _hammer(url: str, concurrency: int, warmup: float, seconds: float) -> 
 
     async def worker(i: int) -> None:
         nonlocal errors
-        conn = conns[i]
+        conn, raw = conns[i], raws[i]
         while True:
             t0 = time.perf_counter()
             if t0 >= stop_at:
@@ -215,6 +223,21 @@ async def capacity(
     return {
         "runs": runs,
         "requests_per_s": [statistics.median(x["requests_per_s"] for x in rs) for rs in runs],
+    }
+
+
+async def spread(
+    urls: list[str], concurrency: int, warmup: float, seconds: float, rounds: int
+) -> dict[str, Any]:
+    """``concurrency`` clients spread over all URLs at once (several replicas of one
+    fleet), ``rounds`` times; the median of the rounds."""
+    runs = []
+    for _ in range(rounds):
+        runs.append(await _hammer(urls, concurrency, warmup, seconds))
+        await asyncio.sleep(0.2)
+    return {
+        "runs": [runs],
+        "requests_per_s": [statistics.median(r["requests_per_s"] for r in runs)],
     }
 
 
@@ -285,7 +308,7 @@ async def hold(url: str, streams: int, tokens: int, seconds: float) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["serial", "capacity", "stream", "hold"])
+    parser.add_argument("mode", choices=["serial", "capacity", "stream", "hold", "spread"])
     parser.add_argument("--url", action="append", required=True)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=float, default=200)
@@ -300,6 +323,8 @@ def main() -> None:
         coro = serial(args.url, args.requests, int(args.warmup))
     elif args.mode == "capacity":
         coro = capacity(args.url, args.concurrency, args.warmup, args.seconds, args.rounds)
+    elif args.mode == "spread":
+        coro = spread(args.url, args.concurrency, args.warmup, args.seconds, args.rounds)
     elif args.mode == "stream":
         coro = stream(args.url, args.tokens, args.rounds, args.v1_first)
     else:

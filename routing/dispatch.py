@@ -244,15 +244,22 @@ class Dispatcher:
         if pin is not None:
             waiter.pin, waiter.pin_until = pin, now + self._settings.affinity.max_wait
             timers.append(self._clock.call_at(waiter.pin_until, partial(self._unpin, waiter)))
-        self.room.add(waiter)
-        self._on_change()
         try:
+            await self._enter(waiter)
+            self.room.add(waiter)
+            self._on_change()
             lease: Lease = await asyncio.shield(waiter.future)
             return lease
         finally:
             for timer in timers:
                 timer.cancel()
             self._abandon(waiter)
+
+    async def _enter(self, waiter: Waiter) -> None:
+        """Before ``waiter`` joins the room (replicas sharing a fleet take a ticket)."""
+
+    def _left(self, waiter: Waiter) -> None:
+        """``waiter`` left the room, placed or not."""
 
     def _unpin(self, waiter: Waiter) -> None:
         """The conversation's box stayed busy for ``affinity.max_wait``: any box will do."""
@@ -261,6 +268,7 @@ class Dispatcher:
 
     def _abandon(self, waiter: Waiter) -> None:
         self.room.remove(waiter)
+        self._left(waiter)
         future = waiter.future
         if not future.done():
             future.cancel()

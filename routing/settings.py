@@ -106,6 +106,18 @@ class StatsSettings:
 
 
 @dataclass(frozen=True)
+class SharedState:
+    """Replicas that name the same Redis share one fleet (README "Running several
+    replicas"); without it the state lives in this process's memory."""
+
+    redis: str | None = field(default=None, repr=False)  # may carry a password
+    lease_ttl: float = 15.0  # seconds a dead replica's slots stay taken, at most
+    prefix: str = "ollamux"  # of every Redis key: fleets may share one Redis
+    replica: str | None = None  # this replica's name in the registry (default host:port)
+    timeout: float = 0.5  # seconds a Redis call may take before local accounting
+
+
+@dataclass(frozen=True)
 class ClientKey:
     """A key clients present to ollamux: logs and the dashboard show its name, never it."""
 
@@ -154,6 +166,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; none: CORS off
     limits: Limits = Limits()
     shutdown: Shutdown = Shutdown()
+    shared_state: SharedState = SharedState()
 
     def slots(self, endpoint: Endpoint) -> int:
         return endpoint.max_concurrent or self.max_concurrent_connections
@@ -186,6 +199,7 @@ _TOP_KEYS = {
     "cors",
     "limits",
     "shutdown",
+    "shared_state",
 }
 _NOMYO_KEYS = {
     "endpoints",
@@ -255,7 +269,39 @@ def parse_settings(raw: object) -> Settings:
         cors_origins=_parse_cors(raw.get("cors", {})),
         limits=_parse_limits(raw.get("limits", {})),
         shutdown=_parse_section(raw, "shutdown", Shutdown),
+        shared_state=_parse_shared_state(raw.get("shared_state", {})),
     )
+
+
+def _parse_shared_state(raw: object) -> SharedState:
+    section = _mapping(raw, "shared_state")
+    _refuse_unknown(section, set(SharedState.__dataclass_fields__), "shared_state.")
+    url = section.get("redis")
+    if url is not None:
+        scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            shown = "a URL" if isinstance(url, str) else repr(url)  # it may hold a password
+            raise ConfigError(
+                f"shared_state.redis has {shown} that is not redis://HOST:PORT/DB "
+                "(or rediss://, unix://)"
+            )
+    strings: dict[str, Any] = {}
+    for key in ("prefix", "replica"):
+        value = section.get(key, getattr(SharedState, key))
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"shared_state.{key} has value {value!r}; expected a name")
+        strings[key] = value
+    numbers: dict[str, Any] = {}
+    for key in ("lease_ttl", "timeout"):
+        value = section.get(key, getattr(SharedState, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"shared_state.{key} has value {value!r}; expected a number > 0")
+        numbers[key] = float(value)
+    if numbers["lease_ttl"] < 1:
+        raise ConfigError(
+            f"shared_state.lease_ttl has value {numbers['lease_ttl']!r}; expected at least 1 s"
+        )
+    return SharedState(redis=url, **strings, **numbers)
 
 
 def _parse_client_keys(raw: object) -> tuple[ClientKey, ...]:

@@ -4,6 +4,7 @@
 
 import { onUnauthorized, openFeed } from "./api.js";
 import { renderBoxes } from "./boxes.js";
+import { renderReplicas } from "./replicas.js";
 import { LineChart } from "./charts.js";
 import { count, el, fill, rate, seconds } from "./dom.js";
 import { recentTable, renderQueue, renderTuning } from "./tables.js";
@@ -57,6 +58,9 @@ function renderFleet() {
   if (!state.snapshot) return;
   fill($("boxes"), renderBoxes(state.snapshot, state.stats));
   fill($("queue"), renderQueue(state.snapshot.queue));
+  const replicas = renderReplicas(state.snapshot);
+  $("replicas-s").hidden = !replicas;
+  if (replicas) fill($("replicas"), replicas);
   renderTotals();
 }
 

@@ -165,7 +165,8 @@ async def test_dashboard_page_is_locked_down(cluster: Any) -> None:
         csp = page.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "default-src 'none'" in csp
         assert "<script" in page.text and "http" not in page.text.split("<body>")[0]
-        for name in ("dashboard.js", "api.js", "dom.js", "boxes.js", "charts.js", "tables.js"):
+        scripts = ("dashboard.js", "api.js", "dom.js", "boxes.js", "charts.js", "tables.js")
+        for name in (*scripts, "replicas.js"):
             script = await c.http.get(f"/static/{name}")
             assert script.status_code == 200
             assert "javascript" in script.headers["content-type"]

@@ -440,6 +440,7 @@ async def test_num_parallel_caps_concurrent_generation_the_rest_queue() -> None:
         elapsed = time.perf_counter() - started
     assert all(r.status_code == 200 and lines(r)[-1]["done"] for r in replies)
     assert box.stats.max_active_per_model == {"llama3.2:latest": 2}
+    assert box.stats.max_held_per_model == {"llama3.2:latest": 6}  # four of them queued
     assert box.stats.served_by_model == {"llama3.2:latest": 6}
     assert elapsed >= 3 * 10 / 200 * 0.9  # three rounds of two
 

@@ -59,7 +59,9 @@ class SimStats:
     including those answered by a fault switch. ``loads`` counts on-demand loads, not
     ``preloaded`` models. ``evictions`` are LRU evictions to make room; ``unloads`` are
     keep-alive expiries and explicit unloads. ``active`` is in generation now, ``waiting``
-    is waiting for a load or a slot.
+    is waiting for a load or a slot. ``max_held_per_model`` is the most requests of a
+    model the box held at once, generating or queued behind its slots: above
+    ``num_parallel`` it was sent more than it can serve at once (oversubscribed).
     """
 
     requests: int = 0
@@ -71,6 +73,7 @@ class SimStats:
     active: int = 0
     waiting: int = 0
     max_active_per_model: dict[str, int] = field(default_factory=dict)
+    max_held_per_model: dict[str, int] = field(default_factory=dict)
     served_by_model: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,6 +149,7 @@ class Scheduler:
         self._limits = limits
         self._stats = stats
         self._models: dict[str, _Model] = {}
+        self._held: dict[str, int] = {}  # inference requests per model, queued or generating
         self._room_waiters: list[asyncio.Future[None]] = []
 
     # -- queries ------------------------------------------------------------------
@@ -193,6 +197,9 @@ class Scheduler:
         if stats.waiting >= self._limits.max_queue:
             raise QueueFull
         model = self._pin(name, keep_alive)
+        held = self._held[name] = self._held.get(name, 0) + 1
+        if held > stats.max_held_per_model.get(name, 0):
+            stats.max_held_per_model[name] = held
         try:
             stats.waiting += 1
             try:
@@ -209,6 +216,7 @@ class Scheduler:
                 stats.active -= 1
                 self._hand_on(model)
         finally:
+            self._held[name] -= 1
             self._unpin(model)
 
     def reset(self) -> None:

@@ -41,7 +41,7 @@ def _set_draining(request: Request, draining: bool) -> Response:
     if name not in svc.prober.fleet.by_name:
         raise RouteNotFound(f"no box named {name!r}")
     svc.prober.set_draining(name, draining)
-    in_flight = sum(n for (box, _m), n in svc.ledger.usage.items() if box == name)
+    in_flight = sum(n for (box, _m), n in svc.usage.items() if box == name)
     return JSON({"box": name, "draining": draining, "in_flight": in_flight})
 
 
@@ -92,7 +92,7 @@ def _preload_targets(svc: Services, key: str, wanted: object) -> list[BoxState]:
         raise BadRequest(f"boxes must be a number >= 1 or a list of box names, got {wanted!r}")
     # The boxes routing would pick to load it (cheapest first), after those holding it.
     req = svc.dispatcher.request(key)
-    ranked = rank(fleet, svc.ledger.usage, req, lambda: 0.5)
+    ranked = rank(fleet, svc.usage, req, lambda: 0.5)
     if not ranked:
         raise RouteNotFound(f"no healthy box has model {key!r}")
     loaded = [c.box for c in ranked if c.loaded]

@@ -23,10 +23,17 @@ _CSP = (
 
 
 async def health(request: Request) -> Response:
-    """200 while at least one box can serve (healthy, or degraded but answering)."""
+    """200 while at least one box can serve (healthy, or degraded but answering); the
+    status says ``degraded`` while the shared state (Redis) is unreachable, since this
+    replica still serves, on its share of the slots."""
     snapshot = services(request).board.snapshot()
     up = [ep["name"] for ep in snapshot["endpoints"] if ep["health"] in ("healthy", "degraded")]
-    return JSON({"status": "ok" if up else "down", "boxes": up}, 200 if up else 503)
+    shared = snapshot["shared_state"]
+    status = "down" if not up else "ok" if shared["healthy"] else "degraded"
+    body: dict[str, object] = {"status": status, "boxes": up}
+    if shared["backend"] != "memory":
+        body["shared_state"] = shared
+    return JSON(body, 200 if up else 503)
 
 
 async def router_explain(request: Request) -> Response:

@@ -6,13 +6,16 @@ apps can run side by side in one process (tests do).
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ollamux.backends.kinds import adapters
 from ollamux.backends.prober import Prober
 from ollamux.backends.relay import Exchange, Outbound, Outcome, Target
+from ollamux.backends.shared_state import RedisSlots
 from ollamux.backends.upstream import Upstream
 from ollamux.routing.choose import Request
 from ollamux.routing.clock import Clock, LoopClock
@@ -26,7 +29,8 @@ from ollamux.routing.observe.metrics import Metrics
 from ollamux.routing.observe.stats import Stats
 from ollamux.routing.observe.status import Snapshot, StatusBoard
 from ollamux.routing.settings import Settings
-from ollamux.routing.state import BoxState, model_key, pattern_alias, split_aliases
+from ollamux.routing.shared_dispatch import SharedDispatcher
+from ollamux.routing.state import BoxState, Usage, model_key, pattern_alias, split_aliases
 from ollamux.routing.waiting import PRIORITIES, Ticket
 
 # How to send one client request to a given box (its path and body; translation if its
@@ -50,15 +54,45 @@ class Services:
         self.prober = Prober(
             settings, self.upstream, adapters(self.aliases), on_change=self._fleet_changed
         )
-        self.dispatcher = Dispatcher(
-            settings,
-            self.ledger,
-            self.prober,
-            rng or random.Random(),
-            self.clock,
-            on_change=self._waiting_changed,
+        self.shared: RedisSlots | None = None
+        self.dispatcher: Dispatcher
+        shared = settings.shared_state
+        if shared.redis is None:
+            self.dispatcher = Dispatcher(
+                settings,
+                self.ledger,
+                self.prober,
+                rng or random.Random(),
+                self.clock,
+                on_change=self._waiting_changed,
+            )
+        else:
+            # Several replicas, one fleet: slots, waiting tickets and the replica registry
+            # live in Redis (backends/shared_state); the core reaches them through
+            # SharedSlots only.
+            self.shared = RedisSlots(
+                shared.redis,
+                shared.replica or f"{socket.gethostname()}-{os.getpid()}",
+                ttl=shared.lease_ttl,
+                prefix=shared.prefix,
+                timeout=shared.timeout,
+                on_change=self._usage_changed,
+                on_freed=self._slot_freed,
+                on_event=self._heard,
+            )
+            self.shared.recall_limit = settings.affinity.max_entries
+            self.dispatcher = SharedDispatcher(
+                settings,
+                self.shared,
+                self.prober,
+                rng or random.Random(),
+                self.clock,
+                on_change=self._waiting_changed,
+            )
+        slots = self.ledger if self.shared is None else self.shared
+        self.board = StatusBoard(
+            self.prober, slots, self.dispatcher, self.stats, shared=self.shared
         )
-        self.board = StatusBoard(self.prober, self.ledger, self.dispatcher, self.stats)
         self.feed = Feed(self.board, self.stats.view)
 
     def snapshot(self) -> Snapshot:
@@ -79,8 +113,21 @@ class Services:
     def _waiting_changed(self) -> None:
         self.board.changed()
 
+    def _heard(self, event: dict[str, Any]) -> None:
+        """Another replica's news: a conversation's box, service, rate use, a 429."""
+        if isinstance(self.dispatcher, SharedDispatcher):
+            self.dispatcher.heard(event)
+
+    def _slot_freed(self) -> None:
+        self.dispatcher.drain()  # a slot freed on some replica: waiters here may fit now
+
+    @property
+    def usage(self) -> Usage:
+        """Slots in use: fleet-wide when replicas share state."""
+        return self.ledger.usage if self.shared is None else self.shared.usage
+
     def _usage_changed(self) -> None:
-        self.stats.usage_changed(self.ledger.usage)
+        self.stats.usage_changed(self.usage)
         if self._retiring:
             self._retire_idle()
         self.board.changed()
@@ -106,7 +153,7 @@ class Services:
         }
 
     def _retire_idle(self) -> None:
-        busy = {box for box, _model in self.ledger.usage}
+        busy = {box for box, _model in self.usage}
         for name in sorted(self._retiring - busy):
             self._retiring.discard(name)
             self.prober.remove(name)
@@ -120,12 +167,16 @@ class Services:
     async def start(self) -> None:
         await self.stats.start()  # totals survive restarts (stats.path)
         await self.upstream.open()
+        if self.shared is not None:
+            await self.shared.start()
         await self.prober.start()
         await self.feed.start()
 
     async def stop(self) -> None:
         await self.feed.stop()
         await self.prober.stop()
+        if self.shared is not None:
+            await self.shared.stop()
         await self.upstream.close()
         await self.stats.stop()
 

@@ -127,6 +127,7 @@ class FleetCollector(Collector):
             )
             oldest.add_metric([], float(queue.get("oldest_wait") or 0))
             yield oldest
+        yield from _replicas(snap)
         totals = snap.get("totals", {})
         in_flight = GaugeMetricFamily("ollamux_in_flight", "Requests holding a slot now")
         in_flight.add_metric([], float(totals.get("in_flight", 0)))
@@ -164,6 +165,31 @@ def _slots(endpoints: list[EndpointStatus]) -> Iterable[Metric]:
             slots.add_metric(labels, m.get("max", 0))
             loaded.add_metric(labels, 1.0 if m.get("loaded") else 0.0)
     return (in_use, slots, loaded)
+
+
+def _replicas(snap: Snapshot) -> Iterable[Metric]:
+    """Replicas sharing the fleet (shared_state): slot and waiting figures above are
+    then fleet-wide; these say who holds them and whether Redis answers."""
+    shared = snap.get("shared_state")
+    if shared is None or shared.get("backend") == "memory":
+        return ()
+    healthy = GaugeMetricFamily(
+        "ollamux_shared_state_healthy",
+        "1 while the shared state (Redis) answers; 0: this replica serves on its share",
+    )
+    healthy.add_metric([], 1.0 if shared.get("healthy") else 0.0)
+    leases = GaugeMetricFamily(
+        "ollamux_replica_leases", "Slots each replica holds now", labels=["replica"]
+    )
+    seen = GaugeMetricFamily(
+        "ollamux_replica_last_seen_seconds",
+        "Seconds since each replica's last heartbeat",
+        labels=["replica"],
+    )
+    for replica in snap.get("replicas", []):
+        leases.add_metric([replica["name"]], float(replica.get("leases", 0)))
+        seen.add_metric([replica["name"]], float(replica.get("last_seen") or 0.0))
+    return (healthy, leases, seen)
 
 
 def _health(endpoints: list[EndpointStatus]) -> Iterable[Metric]:

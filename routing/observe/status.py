@@ -49,12 +49,28 @@ class Totals(TypedDict):
     in_flight: int
 
 
+class SharedStatus(TypedDict):
+    backend: str  # memory | redis
+    healthy: bool  # False: Redis unreachable, this replica serves on its own share
+    replica: str | None  # this replica's name in the registry
+
+
+class ReplicaStatus(TypedDict):
+    name: str
+    address: str
+    last_seen: float | None  # seconds ago, by Redis's clock
+    leases: int  # slots it holds
+    waiting: int  # its requests waiting
+
+
 class Snapshot(TypedDict):
     """GET /router/status and the live feed's ``snapshot`` event (the README's status contract)."""
 
     endpoints: list[EndpointStatus]
     queue: QueueStatus
     totals: Totals
+    shared_state: SharedStatus
+    replicas: list[ReplicaStatus]
 
 
 class FleetView(Protocol):
@@ -71,6 +87,14 @@ class QueueView(Protocol):
     def queue_status(self) -> QueueStatus: ...
 
 
+class SharedView(Protocol):
+    """Replicas sharing one fleet (backends/shared_state): who they are, how it goes."""
+
+    def status(self) -> Any: ...
+
+    def replicas(self) -> Any: ...
+
+
 class Counted(Protocol):
     def lifetime_requests(self) -> tuple[int, int]:
         """Requests and failed requests since the first start (stats)."""
@@ -82,8 +106,14 @@ class StatusBoard:
     the parts that own each fact: the fleet, the slots, the waiting room, the totals."""
 
     def __init__(
-        self, fleet: FleetView, slots: UsageView, queue: QueueView, counted: Counted
+        self,
+        fleet: FleetView,
+        slots: UsageView,
+        queue: QueueView,
+        counted: Counted,
+        shared: SharedView | None = None,
     ) -> None:
+        self._shared = shared
         self._fleet = fleet
         self._slots = slots
         self._queue = queue
@@ -109,7 +139,15 @@ class StatusBoard:
             "endpoints": [_endpoint(box, usage) for box in self._fleet.fleet.boxes],
             "queue": self._queue.queue_status(),
             "totals": {"requests": requests, "errors": errors, "in_flight": sum(usage.values())},
+            "shared_state": self._shared_status(),
+            "replicas": [] if self._shared is None else self._shared.replicas(),
         }
+
+    def _shared_status(self) -> SharedStatus:
+        if self._shared is None:
+            return {"backend": "memory", "healthy": True, "replica": None}
+        status: SharedStatus = self._shared.status()
+        return status
 
 
 def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> EndpointStatus:
