@@ -114,10 +114,59 @@ class Outcome:
     route: str = ""  # why this box (X-Ollamux-Route)
 
 
-# Reserve a box for this request, avoiding the boxes that already failed it; raises a
-# ProxyError (404, 503, ...) when there is none. The lease is None for requests that hold
-# no slot. May wait (the waiting room); the exchange cancels it if the client leaves.
-Place = Callable[[frozenset[str]], Awaitable[tuple[Lease | None, Target]]]
+class Placement(Protocol):
+    """What one exchange needs of the scheduler, and what it tells it: the narrow
+    interface between the relay and routing (``Services.placement`` makes one per
+    request; a fixed target for a call that holds no slot is ``Fixed``)."""
+
+    async def place(self, failed: frozenset[str]) -> tuple[Lease | None, Target]:
+        """A box for the request, avoiding those that already failed it; raises a
+        ProxyError (404, 503, ...) when there is none. The lease is None for requests
+        that hold no slot. May wait (the waiting room); cancelled if the client leaves."""
+        ...
+
+    def failed(self, box: str) -> None:
+        """The box failed before its answer could be relayed (unreachable, 5xx)."""
+        ...
+
+    def model_failed(self, box: str, model: str) -> None:
+        """The box named the model in its error: the (box, model) is to blame."""
+        ...
+
+    def refused(self, box: str, retry_after: str | None) -> None:
+        """The box answered 429."""
+        ...
+
+    def lacks(self, box: str, path: str) -> None:
+        """The box answered 404 on ``path`` and served its translation: it lacks it."""
+        ...
+
+    def done(self, outcome: Outcome) -> None:
+        """The exchange is over, whatever became of it (called once)."""
+        ...
+
+
+class Fixed:
+    """One box, no slot, nothing to report (model management's relayed calls)."""
+
+    def __init__(self, target: Target, failed: Callable[[str], None]) -> None:
+        self._target = target
+        self.failed = failed
+
+    async def place(self, failed: frozenset[str]) -> tuple[Lease | None, Target]:
+        return None, self._target
+
+    def model_failed(self, box: str, model: str) -> None:
+        pass
+
+    def refused(self, box: str, retry_after: str | None) -> None:
+        pass
+
+    def lacks(self, box: str, path: str) -> None:
+        pass
+
+    def done(self, outcome: Outcome) -> None:
+        pass
 
 
 class Exchanges:
@@ -147,32 +196,22 @@ class Exchange:
     def __init__(
         self,
         upstream: Upstream,
-        place: Place,
+        placement: Placement,
         *,
         method: str,
         headers: Mapping[str, str],
         model: str,
         path: str,
         max_attempts: int = 1,
-        on_failure: Callable[[str], None] = lambda box: None,
-        on_model_failure: Callable[[str, str], None] = lambda box, model: None,
-        on_refused: Callable[[str, str | None], None] = lambda box, retry_after: None,
-        on_done: Callable[[Outcome], None] = lambda outcome: None,
-        on_unsupported: Callable[[str, str], None] = lambda box, path: None,
         stream_error: Callable[[ProxyError, bytes], bytes] | None = None,
     ) -> None:
         self._up = upstream
-        self._place = place
+        self._placement = placement
         self._lease: Lease | None = None
         self._target: Target | None = None
         self._method = method
         self._headers = headers
         self._max_attempts = max_attempts
-        self._on_failure = on_failure
-        self._on_model_failure = on_model_failure
-        self._on_refused = on_refused
-        self._on_done = on_done
-        self._on_unsupported = on_unsupported
         self._stream_error = stream_error  # a broken stream's last bytes, if not the default
         self.outcome = Outcome(box=None, model=model, path=path)
         self._phase = "waiting"
@@ -210,7 +249,7 @@ class Exchange:
                 w.cancel()
             self._release()
             self.outcome.ended = time.monotonic()
-            self._on_done(self.outcome)
+            self._placement.done(self.outcome)
 
     async def _watch(self, receive: Receive, task: asyncio.Task[Any]) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -256,16 +295,16 @@ class Exchange:
                 log.warning(
                     "box %s failed model %s (%d): the model's failure there", box, model, status
                 )
-                self._on_model_failure(box, model)
+                self._placement.model_failed(box, model)
             else:
-                self._on_failure(box)
+                self._placement.failed(box)
 
     async def _try_boxes(self, answers: dict[str, tuple[int, bytes]]) -> Response | None:
         failed: set[str] = set()
         reasons: list[str] = []  # why each unreachable box was
         lacking: Target | None = None  # answered 404 on a route it may lack: its fallback runs
         try:
-            self._lease, self._target = await self._place(frozenset())
+            self._lease, self._target = await self._placement.place(frozenset())
             while True:
                 target = self._target
                 self.outcome.box = target.box
@@ -277,7 +316,7 @@ class Exchange:
                         target.box, self._method, target.url, headers=headers, body=target.body
                     )
                 except UpstreamError as exc:
-                    self._on_failure(target.box)
+                    self._placement.failed(target.box)
                     failed.add(target.box)
                     reasons.append(exc.message)
                     if not await self._next_box(failed):
@@ -301,10 +340,10 @@ class Exchange:
                 if lacking is not None:
                     if lacking.box == target.box and resp.status != 404:
                         # The translation found the model, so the 404 was the route's.
-                        self._on_unsupported(lacking.box, lacking.path)
+                        self._placement.lacks(lacking.box, lacking.path)
                     lacking = None
                 if resp.status == 429:  # rate-limited: it rests, no mark against health
-                    self._on_refused(target.box, resp.header("retry-after"))
+                    self._placement.refused(target.box, resp.header("retry-after"))
                     failed.add(target.box)
                     if await self._next_box(failed):
                         resp.close()
@@ -343,7 +382,7 @@ class Exchange:
             return False
         self._release()
         try:
-            self._lease, self._target = await self._place(frozenset(failed))
+            self._lease, self._target = await self._placement.place(frozenset(failed))
         except ProxyError:
             return False
         return True
@@ -369,7 +408,7 @@ class Exchange:
             if self._closing is not None:
                 raise NoCapacity(self._closing) from exc
             self.outcome.error = exc.message
-            self._on_failure(resp.box)
+            self._placement.failed(resp.box)
             raise
         finally:
             resp.close()
@@ -414,7 +453,7 @@ class Exchange:
             if not outcome.client_gone:
                 if error is exc:
                     log.warning("%s", exc.message)
-                    self._on_failure(resp.box)
+                    self._placement.failed(resp.box)
                 await _send_quietly(send, self._broken(resp, translator, error, prev + last))
             return
         except OSError:  # the client went away while we wrote to it

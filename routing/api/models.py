@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from ollamux.backends.model_ops import fleet
 from ollamux.backends.model_ops import io as fleet_io
 from ollamux.backends.model_ops.fleet import HEADER, BoxResult, Progress
-from ollamux.backends.relay import Exchange, Lease, Message, Receive, Scope, Send, Target
+from ollamux.backends.relay import Exchange, Fixed, Message, Receive, Scope, Send, Target
 from ollamux.backends.upstream import Response as BoxResponse
 from ollamux.backends.upstream import request_headers
 from ollamux.routing.api.body import read_json, require_model
@@ -175,18 +175,13 @@ def _relay(
 ) -> Any:
     ep = svc.endpoints[box]
     target = Target(box, ep.url + request.url.path, ep.api_key, body)
-
-    async def place(failed: frozenset[str]) -> tuple[Lease | None, Target]:
-        return None, target
-
     exchange = Exchange(
         svc.upstream,
-        place,
+        Fixed(target, failed=svc.prober.poke),
         method="POST",
         headers={k: v for k, v in request.headers.items() if k != HEADER},
         model=model,
         path=request.url.path,
-        on_failure=svc.prober.poke,
     )
     return exchange if after is None else _RefreshFirst(exchange, after)
 

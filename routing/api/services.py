@@ -214,38 +214,23 @@ class Services:
     ) -> Exchange:
         """The exchange that places ``req`` (waiting for a slot if need be) and sends
         what ``plan`` says to the chosen box, trying others if that box fails."""
-        ticket = ticket or make_ticket(headers, {}, b"")
-
-        async def place(failed: frozenset[str]) -> tuple[Lease | None, Target]:
-            again = self.dispatcher.excluding(req, failed) if failed else req
-            if not slot:
-                picked = await self.dispatcher.resolve(again, display_name)
-                return None, self.target(picked.box.name, plan)
-            lease = await self.dispatcher.acquire(again, display_name, ticket)
-            try:
-                return lease, self.target(lease.box, plan)
-            except BaseException:
-                lease.release()  # a plan that cannot be made for this box holds no slot
-                raise
-
-        def done(outcome: Outcome) -> None:
-            self._done(outcome, ticket.user)
-            if conversation is not None and outcome.box and 0 < outcome.status < 400:
-                self.dispatcher.remember(conversation, outcome.box)
-
+        placing = Placing(
+            self,
+            req,
+            display_name,
+            plan,
+            slot=slot,
+            conversation=conversation,
+            ticket=ticket or make_ticket(headers, {}, b""),
+        )
         return Exchange(
             self.upstream,
-            place,
+            placing,
             method=method,
             headers=headers,
             model=req.model,
             path=path,
             max_attempts=self.settings.failover.max_attempts if slot else 1,
-            on_failure=self._failed,
-            on_model_failure=self._model_failed,
-            on_refused=self._refused,
-            on_done=done,
-            on_unsupported=self.prober.lacks,
             stream_error=stream_error,
         )
 
@@ -258,10 +243,6 @@ class Services:
         """Traffic found ``box`` failing before its answer could be relayed."""
         self.prober.report(box, ok=False)
         self.prober.poke(box)
-
-    def _model_failed(self, box: str, model: str) -> None:
-        """The box named the model in its error: the (box, model) is to blame."""
-        self.prober.report_model(box, model, ok=False)
 
     def _done(self, outcome: Outcome, user: str) -> None:
         counts = self.stats.finished(outcome)
@@ -280,6 +261,61 @@ class Services:
                 # It loaded the model (and may have evicted another): look now, not in 2 s.
                 self.prober.poke(outcome.box)
         self.board.changed()
+
+
+class Placing:
+    """One request's ``Placement``: the dispatcher places it (holding a slot, unless it
+    takes none), and what the exchange reports goes to the services that keep account."""
+
+    def __init__(
+        self,
+        svc: Services,
+        req: Request,
+        display_name: str,
+        plan: Plan,
+        *,
+        slot: bool,
+        conversation: str | None,
+        ticket: Ticket,
+    ) -> None:
+        self._svc = svc
+        self._req = req
+        self._name = display_name
+        self._plan = plan
+        self._slot = slot
+        self._conversation = conversation
+        self._ticket = ticket
+
+    async def place(self, failed: frozenset[str]) -> tuple[Lease | None, Target]:
+        svc, req = self._svc, self._req
+        if failed:
+            req = svc.dispatcher.excluding(req, failed)
+        if not self._slot:
+            picked = await svc.dispatcher.resolve(req, self._name)
+            return None, svc.target(picked.box.name, self._plan)
+        lease = await svc.dispatcher.acquire(req, self._name, self._ticket)
+        try:
+            return lease, svc.target(lease.box, self._plan)
+        except BaseException:
+            lease.release()  # a plan that cannot be made for this box holds no slot
+            raise
+
+    def failed(self, box: str) -> None:
+        self._svc._failed(box)
+
+    def model_failed(self, box: str, model: str) -> None:
+        self._svc.prober.report_model(box, model, ok=False)
+
+    def refused(self, box: str, retry_after: str | None) -> None:
+        self._svc._refused(box, retry_after)
+
+    def lacks(self, box: str, path: str) -> None:
+        self._svc.prober.lacks(box, path)
+
+    def done(self, outcome: Outcome) -> None:
+        self._svc._done(outcome, self._ticket.user)
+        if self._conversation is not None and outcome.box and 0 < outcome.status < 400:
+            self._svc.dispatcher.remember(self._conversation, outcome.box)
 
 
 def make_ticket(
