@@ -120,24 +120,32 @@ async def test_priority_and_the_slot_limit_hold() -> None:
     config = SimConfig(name="a", models=[NEW], num_parallel=1, tokens_per_s=200)
     async with boxes(config, max_concurrent_connections=1) as (c, client):
         order: list[str] = []
+        room = c.services.dispatcher.room
 
-        async def ask(tag: str, priority: str) -> None:
+        async def ask(tag: str, priority: str, tokens: int = 10) -> None:
             await client.messages.create(
                 model=NEW,
-                max_tokens=20,
+                max_tokens=tokens,
                 messages=turn(tag),
                 extra_headers={"x-priority": priority},
             )
             order.append(tag)
 
-        first = asyncio.create_task(ask("first", "normal"))
+        # The first holds the only slot while the others queue (2 s of decoding).
+        first = asyncio.create_task(ask("first", "normal", tokens=400))
         await c.wait_for(lambda: _busy(c))
         rest = [asyncio.create_task(ask(f"n{i}", "normal")) for i in range(3)]
-        await asyncio.sleep(0.05)
+        await c.wait_for(lambda: _waiting(room, 3))
         rest.append(asyncio.create_task(ask("urgent", "high")))
+        await c.wait_for(lambda: _waiting(room, 4))
+        assert not first.done()
         await asyncio.gather(first, *rest)
         assert order[:2] == ["first", "urgent"]
         assert c.box("a").stats.max_active_per_model[NEW] == 1
+
+
+async def _waiting(room: Any, n: int) -> bool:
+    return bool(room.size == n)
 
 
 async def _busy(c: Cluster) -> bool:
