@@ -109,10 +109,13 @@ class Dispatcher:
         *,
         conversation: str | None = None,
         kinds: frozenset[str] | None = None,
+        prompt_tokens: int = 0,
     ) -> Request:
-        affinity = None
+        affinity, cached = None, 0
         if conversation is not None and self._settings.conversation_affinity:
-            affinity = self.affinity.get(conversation, self._clock.now())
+            now = self._clock.now()
+            affinity = self.affinity.get(conversation, now)
+            cached = self.traffic.costs.conversations.asked(conversation, model, prompt_tokens, now)
         return Request(
             model,
             affinity=affinity,
@@ -120,6 +123,9 @@ class Dispatcher:
             kinds=kinds,
             load_guard=self._settings.affinity.load_guard,
             strategy=self._settings.routing.strategy,
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached if affinity is not None else 0,
+            new_conversation=conversation is not None and affinity is None,
         )
 
     def reconfigure(self, settings: Settings) -> None:
@@ -133,15 +139,16 @@ class Dispatcher:
     def remember(self, conversation: str, box: str) -> None:
         if self._settings.conversation_affinity:
             self.affinity.put(conversation, box, self._clock.now())
+            self.traffic.costs.conversations.served(conversation, box, self._clock.now())
 
     def pick(self, req: Request) -> Candidate | NoRoute:
         """The box that would serve ``req`` now, without reserving a slot."""
-        signals = self.traffic.signals(self._clock.now())
+        signals = self._signals()
         return choose(self._prober.fleet, self._slots.usage, req, self._rng.random, signals)
 
     def explain(self, req: Request) -> dict[str, Any]:
         """What would be chosen for ``req`` now and why; reserves and sends nothing."""
-        signals = self.traffic.signals(self._clock.now())
+        signals = self._signals()
         queueing = self._settings.queue.enabled
         return explain(self._prober.fleet, self._slots.usage, req, signals, queueing)
 
@@ -187,7 +194,7 @@ class Dispatcher:
         self.drain()
 
     def _signals(self) -> Signals:
-        return self.traffic.signals(self._clock.now())
+        return self.traffic.signals(self._clock.now(), self._prober.fleet, self.room.by_model())
 
     def _decide(self, req: Request, ranked: list[Candidate]) -> Candidate | NoRoute | Wait:
         if not ranked:
@@ -207,7 +214,7 @@ class Dispatcher:
         order = [ranked[chosen], *ranked[:chosen], *ranked[chosen + 1 :]]
         lease.reason = route_reason(order, self._settings.routing.strategy, waited)
         log.debug("%s for %s: %s", lease.box, ticket.user, lease.reason)
-        self.traffic.placed(lease.box, ticket, now)
+        self.traffic.placed(lease.box, ticket, now, lease.model)
 
     def _pin(self, req: Request, ranked: list[Candidate]) -> str | None:
         """The conversation's box, if it has the model loaded but no free slot and is not
@@ -218,6 +225,9 @@ class Dispatcher:
         mine = next((c for c in ranked if c.box.name == req.affinity), None)
         if mine is None or not mine.loaded or mine.tier is not Tier.SATURATED:
             return None
+        if mine.estimate is not None and mine.estimate.known:
+            # Worth waiting for while the wait is shorter than the prefill it saves.
+            return mine.box.name if mine.estimate.wait < mine.estimate.saved else None
         return mine.box.name if mine.load - ranked[0].load <= req.load_guard else None
 
     async def _wait(

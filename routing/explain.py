@@ -48,6 +48,10 @@ def explain(
                 "expected_s": round(signals.expected(box.name, req.model), 3),
                 "describe": c.describe(),
             }
+            if c.estimate is not None:
+                entry["estimate"] = c.estimate.as_dict()
+            if c.note:
+                entry["not_free"] = c.note
         else:
             entry["excluded"] = _why_not(box, req, signals)
         boxes.append(entry)
