@@ -59,6 +59,16 @@ class Learned:
         pool = same or list(table.values())
         return sum(pool) / len(pool) if pool else None
 
+    def describe(self, box: str, model: str) -> dict[str, float | None]:
+        """This (box, model)'s own figures (None: not observed yet)."""
+        key = (box, model)
+        return {
+            "load_s": _round(self.load.get(key)),
+            "prefill_tokens_per_s": _round(self.prefill.get(key)),
+            "decode_tokens_per_s": _round(self.decode.get(key)),
+            "service_s": _round(self.service.get(key)),
+        }
+
     def knows(self, model: str) -> bool:
         """Answers of this model have been seen somewhere: enough to order by."""
         return any(m == model for _, m in self.service)
@@ -128,15 +138,6 @@ class Costs:
             if before.loaded - box.loaded and box.loaded - before.loaded:
                 held = max(1, len(box.loaded))
                 self._capacity[box.name] = min(self._capacity.get(box.name, held), held)
-
-    def describe(self, box: str, model: str) -> dict[str, float | None]:
-        key = (box, model)
-        return {
-            "load_s": _round(self._load.get(key)),
-            "prefill_tokens_per_s": _round(self._prefill.get(key)),
-            "decode_tokens_per_s": _round(self._decode.get(key)),
-            "service_s": _round(self._service.get(key)),
-        }
 
 
 class Conversations:

@@ -50,6 +50,7 @@ def explain(
             }
             if c.estimate is not None:
                 entry["estimate"] = c.estimate.as_dict()
+                entry["learned"] = signals.learned.describe(box.name, req.model)
             if c.note:
                 entry["not_free"] = c.note
         else:
