@@ -4,8 +4,9 @@ Three simulated Ollama boxes (each its own process) advertise six chat models; e
 holds at most two loaded (a different pair preloaded on each), with two slots per model,
 a load time, a decode rate and a prompt-eval rate for the tokens a slot has not cached,
 so cold loads and cold prompt caches cost what they cost on a GPU, scaled down. Users
-hold conversations (a model with Zipf popularity, several turns, the history growing
-every turn); the same workload (same seed) runs, side by side, against:
+start within a window and hold their conversations one after another (each with a model
+of Zipf popularity, several turns, the history growing every turn); the same workload
+(same seed) runs, side by side, against:
 
 - ``random`` and ``round-robin``: the client picks a box per request, as a plain load
   balancer would (no proxy cost at all: a generous baseline);
@@ -85,7 +86,7 @@ ROUTE_WAITED = re.compile(r"waited ([0-9.]+) s")
 class Shape:
     name: str
     what: str
-    conversations_factor: float = 1.0  # times users x per_user
+    users_factor: float = 1.0  # times --users
     hot: float = 0.0  # share of conversations on the first model (else Zipf)
     slow_box: bool = False  # gpu-c decodes, prefills and loads three times slower
     embed_workers: int = 0  # clients sending embeddings requests back to back
@@ -97,8 +98,8 @@ SHAPES = {
     "base": Shape("base", "conversations with Zipf popularity over 6 models"),
     "many": Shape(
         "many",
-        "3x the conversations, all live at once: far more than 12 slot caches",
-        conversations_factor=3.0,
+        "3x the users: far more live conversations than the fleet's 12 slot caches",
+        users_factor=3.0,
         think=1.0,
     ),
     "embed": Shape(
@@ -210,17 +211,22 @@ async def drive(urls: list[str], system: str, args: Any, shape: Shape, seed: int
         if system.startswith("ollamux")
         else {"random": lambda: picker.choice(urls), "round-robin": lambda: next(cycle)}[system]
     )
-    count = round(args.users * args.per_user * shape.conversations_factor)
+    users = round(args.users * shape.users_factor)
     window = args.window
-    plan = [(rng.uniform(0, window), pick_model(rng, shape)) for _ in range(count)]
+    # Each user holds its conversations one after another, starting somewhere in the window.
+    plan = [
+        (rng.uniform(0, window), [pick_model(rng, shape) for _ in range(args.per_user)])
+        for _ in range(users)
+    ]
     embed_starts = [rng.uniform(0, window) for _ in range(shape.embed_workers)]
     out = Result()
     local = argparse_copy(args, think=shape.think if shape.think is not None else args.think)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
 
-        async def start(n: int, at: float, model: str) -> None:
+        async def user(u: int, at: float, models: list[str]) -> None:
             await asyncio.sleep(at)
-            await conversation(session, pick, model, n, local, out)
+            for k, model in enumerate(models):
+                await conversation(session, pick, model, u * args.per_user + k, local, out)
 
         async def flood(n: int, at: float) -> None:
             await asyncio.sleep(at)
@@ -228,7 +234,7 @@ async def drive(urls: list[str], system: str, args: Any, shape: Shape, seed: int
 
         began = time.monotonic()
         await asyncio.gather(
-            *(start(n, at, model) for n, (at, model) in enumerate(plan)),
+            *(user(u, at, models) for u, (at, models) in enumerate(plan)),
             *(flood(n, at) for n, at in enumerate(embed_starts)),
         )
         out.makespan = time.monotonic() - began

@@ -200,22 +200,24 @@ def _estimated(
 
 def honest(candidates: list[Candidate]) -> list[Candidate]:
     """The tier rules: a free slot where the model is not loaded counts as saturated when
-    the load would evict a model in use while another box could serve, or (once this
-    model's costs are known) when the load alone outlasts the wait for a box that has the
-    model loaded."""
-    loaded = [c for c in candidates if c.loaded and c.estimate is not None]
+    the load would evict a model in use while another box could serve, or (once loads
+    have been seen) when the load, with the reload of an idle model it would evict, outlasts
+    the wait for a box that has the model loaded."""
+    # Boxes that have the model in memory or are loading it: how soon each could start.
+    holders = [c for c in candidates if c.estimate is not None and (c.loaded or c.in_use)]
     out = []
     for c in candidates:
         e = c.estimate
         if c.tier is Tier.FREE and e is not None:
             others = [d for d in candidates if d is not c and not _evicts_busy(d)]
-            soonest = min(loaded, key=lambda d: _wait(d), default=None)
+            soonest = min((d for d in holders if d is not c), key=_ready, default=None)
             if e.evicts_busy and others:
                 c = replace(c, tier=Tier.SATURATED, note=f"a load would evict {e.evicts} (busy)")
-            elif e.load_known and soonest is not None and _wait(soonest) < e.load:
+            elif e.load_known and soonest is not None and _ready(soonest) < e.load + e.penalty:
                 note = (
-                    f"its load ({e.load:.2f} s) outlasts the wait on {soonest.box.name}"
-                    f" ({_wait(soonest):.2f} s)"
+                    f"its load ({e.load:.2f} s"
+                    + (f", {e.penalty:.2f} s to reload {e.evicts} later" if e.penalty else "")
+                    + f") outlasts the wait on {soonest.box.name} ({_ready(soonest):.2f} s)"
                 )
                 c = replace(c, tier=Tier.SATURATED, note=note)
         out.append(c)
@@ -226,8 +228,10 @@ def _evicts_busy(c: Candidate) -> bool:
     return c.estimate is not None and c.estimate.evicts_busy
 
 
-def _wait(c: Candidate) -> float:
-    return c.estimate.wait if c.estimate is not None else 0.0
+def _ready(c: Candidate) -> float:
+    """Seconds until the box could start on the request: its wait, and the rest of a load
+    under way."""
+    return c.estimate.wait + c.estimate.load if c.estimate is not None else 0.0
 
 
 def _busy_by_box(usage: Usage) -> dict[str, tuple[int, int]]:

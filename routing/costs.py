@@ -69,13 +69,14 @@ class Learned:
             "service_s": _round(self.service.get(key)),
         }
 
-    def knows(self, model: str) -> bool:
-        """Answers of this model have been seen somewhere: enough to order by."""
-        return any(m == model for _, m in self.service)
+    def knows(self) -> bool:
+        """Answers have been seen (of this model, else of others, whose average stands in
+        for it): enough to order by."""
+        return bool(self.service)
 
-    def knows_load(self, model: str) -> bool:
-        """Loads of this model have been seen somewhere too: enough to refuse one."""
-        return self.knows(model) and any(m == model for _, m in self.load)
+    def knows_load(self) -> bool:
+        """Loads have been seen too: enough to refuse one."""
+        return bool(self.service) and bool(self.load)
 
 
 NOTHING_LEARNED = Learned()

@@ -9,17 +9,19 @@ For one candidate box the estimate adds up what the request would go through the
   way); when the box is full (``Learned.capacity``) the load evicts the idle model used
   least lately, and must first wait for one to finish when every resident model is busy
   or has waiters (``evicts_busy``). Evicting an idle model that was used lately and is
-  resident nowhere else costs its reload later: the ``penalty``, counted in the ranking
-  but not in the prediction;
+  resident nowhere else costs its reload later: the ``penalty`` (its load time, fading to
+  nothing over ``RECENT`` seconds since its last use), counted in the ranking but not in
+  the prediction;
 - **prefill** of the prompt tokens the box will not find in cache: on the
   conversation's own box (affinity) the previous turn's prompt is cached, as far as the
   box's slots hold all its live conversations;
 - **decode** of the model's usual answer length at the box's learned rate.
 
-Figures never observed fall back to priors; ``known`` says whether this model's answers
-have been seen (only then does the estimate order boxes), ``load_known`` whether its
-loads have too (only then may a load be refused for outlasting a wait): a fresh proxy
-keeps the card's order until it has evidence.
+A figure this (box, model) has not shown yet is the model's average on other boxes, else
+any model's, else a prior; ``known`` says whether any answers have been seen (only then
+does the estimate order boxes), ``load_known`` whether loads have too (only then may a
+load be refused for outlasting a wait): a fresh proxy keeps the card's order until it
+has evidence.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ PRIOR_LOAD = 5.0  # seconds to load a model never seen loading
 PRIOR_PREFILL = 1000.0  # prompt tokens per second
 PRIOR_DECODE = 30.0  # output tokens per second
 PRIOR_OUTPUT = 200.0  # tokens in an answer
-RECENT = 30.0  # seconds: an idle model used this lately is likely wanted again
+RECENT = 10.0  # seconds: an idle model used this lately is likely wanted again soon
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +49,8 @@ class Estimate:
     evicts: str | None = None
     evicts_busy: bool = False
     penalty: float = 0.0  # reloading what the load evicts, later, elsewhere
-    known: bool = False  # this model's answers have been seen
-    load_known: bool = False  # and its loads
+    known: bool = False  # answers have been seen: the figures are learned, not priors
+    load_known: bool = False  # and loads
 
     @property
     def ttft(self) -> float:
@@ -124,7 +126,9 @@ def estimate(
                 used = learned.last_used.get((name, evicts))
                 elsewhere = any(evicts in b.loaded for b in fleet.boxes if b.name != name)
                 if used is not None and now - used < RECENT and not elsewhere:
-                    penalty = learned.figure(learned.load, name, evicts) or PRIOR_LOAD
+                    # The later its next use, the less its reload matters: fading over RECENT.
+                    reload = learned.figure(learned.load, name, evicts) or PRIOR_LOAD
+                    penalty = reload * (1.0 - (now - used) / RECENT)
             elif box.loaded:
                 evicts_busy = True
                 # Ollama loads once a resident model is idle: the soonest one to finish.
@@ -147,8 +151,8 @@ def estimate(
         evicts=evicts,
         evicts_busy=evicts_busy,
         penalty=penalty,
-        known=learned.knows(model),
-        load_known=learned.knows_load(model),
+        known=learned.knows(),
+        load_known=learned.knows_load(),
     )
 
 

@@ -115,6 +115,15 @@ def test_a_load_that_would_evict_a_busy_model_is_refused_while_another_option_ex
     assert order(f, usage, costs, strategy=strategy)[0] == ("c", Tier.FREE)
 
 
+@BOTH
+def test_a_second_cold_load_waits_for_the_load_already_under_way(strategy: str) -> None:
+    # Nobody has the model in memory yet; a is loading it (one request placed), with a
+    # free slot. b would start a load of its own: a is sooner.
+    f = Fleet.of((box("a"), box("b", index=1)))
+    ranked = order(f, {("a", M): 1}, learned(service=1.0, load=4.0), strategy=strategy)
+    assert ranked[0] == ("a", Tier.FREE) and ranked[1] == ("b", Tier.SATURATED)
+
+
 def test_a_load_that_would_evict_a_busy_model_stays_when_it_is_the_only_option() -> None:
     f = Fleet.of((box("b", X),))
     ranked = order(f, {("b", X): 1}, learned(capacity={"b": 1}))
@@ -134,7 +143,8 @@ def test_evicting_an_idle_model_used_lately_costs_its_reload() -> None:
     f = Fleet.of((box("b", X), box("c", "old:latest", index=1)))
     assert order(f, {}, costs)[0][0] == "c"
     e = estimate(f.boxes[0], 0, Ask(M), f, {}, costs, {}, 0.0, 100.0)
-    assert e.evicts == X and e.penalty == 5.0 and not e.evicts_busy
+    # X was used 5 s ago: half of its 5 s reload counts (fading over RECENT = 10 s).
+    assert e.evicts == X and e.penalty == pytest.approx(2.5) and not e.evicts_busy
 
 
 @pytest.mark.parametrize(
@@ -205,7 +215,7 @@ def test_costs_learn_from_final_chunks() -> None:
     assert v.service[("a", M)] == pytest.approx(1.5 + 0.3 * (0.7 - 1.5))
     assert v.last_used[("a", M)] == 20.0
     # Another box with no figures of its own borrows the model's average.
-    assert v.figure(v.load, "b", M) == 3.0 and v.knows(M) and v.knows_load(M)
+    assert v.figure(v.load, "b", M) == 3.0 and v.knows() and v.knows_load()
 
 
 def test_capacity_is_learned_from_an_eviction_not_from_an_expiry() -> None:
