@@ -22,8 +22,9 @@ box). Reported per shape and system (mean of the seeds): makespan, p95 latency, 
 to first token, model loads, prefix-cache reuse as a share of the workload's ceiling
 (the ceiling: the tokens each turn shares with what its conversation's previous turn
 left in a slot's cache, its prompt and answer; reuse: the prompt tokens the box did not
-have to evaluate), and for ollamux the estimate's error (the X-Ollamux-Route header's
-predicted time to first token against the measured one, minus time spent waiting).
+have to evaluate), and for ollamux the estimate's error (the time to first token the
+X-Ollamux-Route header says was predicted when the request arrived, against the one the
+client measured).
 
     python bench/routing_quality.py               # about ten minutes
     python bench/routing_quality.py --shapes base --seeds 7
@@ -79,7 +80,7 @@ SYSTEM = " ".join(f"rule{i}" for i in range(150))  # a long system prompt, like 
 SYSTEMS = ["random", "round-robin", "ollamux", "ollamux fastest"]
 BASELINES = ("random", "round-robin")
 ROUTE_EST = re.compile(r"est ttft ([0-9.]+) s")
-ROUTE_WAITED = re.compile(r"waited ([0-9.]+) s")
+ROUTE_ARRIVAL = re.compile(r"on arrival est ttft ([0-9.]+) s")
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,7 @@ class Turn:
     prompt: int  # tokens
     reused: int  # prompt tokens the box found cached
     ceiling: int  # prompt tokens shared with the previous turn's prompt and answer
-    est_ttft: float | None  # ollamux's prediction at placement
-    waited: float  # seconds in ollamux's waiting room
+    est_ttft: float | None  # ollamux's prediction when the request arrived
 
 
 @dataclass
@@ -167,8 +167,9 @@ async def conversation(
                         ok = "error" not in chunk
                         evaluated = int(chunk.get("prompt_eval_count", len(prompt)))
         latency = time.monotonic() - started
-        est = ROUTE_EST.search(route)
-        waited = ROUTE_WAITED.search(route)
+        # A request that waited says what was predicted on arrival; one placed at once
+        # was predicted on its box when placed, which was on arrival.
+        est = ROUTE_ARRIVAL.search(route) or ROUTE_EST.search(route)
         text = "".join(answer)
         out.turns.append(
             Turn(
@@ -179,7 +180,6 @@ async def conversation(
                 reused=max(0, len(prompt) - evaluated),
                 ceiling=common_prefix(left, prompt),
                 est_ttft=float(est.group(1)) if est else None,
-                waited=float(waited.group(1)) if waited else 0.0,
             )
         )
         left = prompt + token_ids(text)
@@ -283,7 +283,7 @@ def run(system: str, args: Any, shape: Shape, seed: int) -> dict[str, Any]:
     ttfts = sorted(t.ttft for t in turns)
     lats = sorted(t.latency for t in turns)
     ceiling = sum(t.ceiling for t in turns)
-    errors = sorted(abs(t.est_ttft - (t.ttft - t.waited)) for t in turns if t.est_ttft is not None)
+    errors = sorted(abs(t.est_ttft - t.ttft) for t in turns if t.est_ttft is not None)
     return {
         "requests": len(turns) + result.embeds,
         "failed": sum(not t.ok for t in turns) + result.embed_failed,

@@ -77,6 +77,7 @@ class FleetSource(Protocol):
 @dataclass(frozen=True, slots=True)
 class Wait:
     pin: str | None  # the conversation's box, worth a short wait
+    predicted: float | None = None  # the best box's estimated time to first token
 
 
 class Dispatcher:
@@ -172,7 +173,7 @@ class Dispatcher:
             return placed
         if isinstance(placed, NoRoute):
             raise no_route_error(placed, display_name, self._prober.fleet, req.model)
-        return await self._wait(req, display_name, ticket, placed.pin)
+        return await self._wait(req, display_name, ticket, placed)
 
     def _place_now(self, req: Request, ticket: Ticket) -> Lease | NoRoute | Wait:
         """Rank and reserve in one synchronous step, so no other placement interleaves."""
@@ -204,15 +205,21 @@ class Dispatcher:
         pin = self._pin(req, ranked) if queueing else None
         if pin is None and (best.tier is not Tier.SATURATED or not queueing):
             return best
-        return Wait(pin)
+        mine = next((c for c in ranked if c.box.name == pin), best)
+        return Wait(pin, mine.estimate.ttft if mine.estimate is not None else None)
 
     def _placed(
-        self, lease: Lease, ranked: list[Candidate], ticket: Ticket, waited: float | None
+        self,
+        lease: Lease,
+        ranked: list[Candidate],
+        ticket: Ticket,
+        waited: float | None,
+        predicted: float | None = None,
     ) -> None:
         now = self._clock.now()
         chosen = next((i for i, c in enumerate(ranked) if c.box.name == lease.box), 0)
         order = [ranked[chosen], *ranked[:chosen], *ranked[chosen + 1 :]]
-        lease.reason = route_reason(order, self._settings.routing.strategy, waited)
+        lease.reason = route_reason(order, self._settings.routing.strategy, waited, predicted)
         log.debug("%s for %s: %s", lease.box, ticket.user, lease.reason)
         self.traffic.placed(lease.box, ticket, now, lease.model)
 
@@ -230,9 +237,7 @@ class Dispatcher:
             return mine.box.name if mine.estimate.wait < mine.estimate.saved else None
         return mine.box.name if mine.load - ranked[0].load <= req.load_guard else None
 
-    async def _wait(
-        self, req: Request, display_name: str, ticket: Ticket, pin: str | None
-    ) -> Lease:
+    async def _wait(self, req: Request, display_name: str, ticket: Ticket, wait: Wait) -> Lease:
         if self.room.full:
             raise NoCapacity(
                 f'too many requests waiting; no free slot for model "{display_name}"',
@@ -247,7 +252,9 @@ class Dispatcher:
                     f"their share of the waiting room"
                 )
         now = self._clock.now()
+        pin = wait.pin
         waiter = Waiter(req, ticket, now, asyncio.get_running_loop().create_future())
+        waiter.predicted = wait.predicted
         timeout = self._settings.queue.timeout
         expire = partial(_expire, waiter, display_name, timeout)
         timers = [self._clock.call_at(now + timeout, expire)]
@@ -298,7 +305,8 @@ class Dispatcher:
                     break  # the same model's later waiters would not fit either
                 self.room.remove(waiter)
                 lease = self._reserve(ranked[0].box.name, waiter.req.model)
-                self._placed(lease, ranked, waiter.ticket, now - waiter.enqueued)
+                waited = now - waiter.enqueued
+                self._placed(lease, ranked, waiter.ticket, waited, waiter.predicted)
                 waiter.future.set_result(lease)
         if self.room.size:
             self.traffic.rearm(now)

@@ -17,11 +17,20 @@ from ollamux.routing.state import BoxState, Fleet, Usage
 TIERS = {Tier.LOADED_FREE: "loaded, free slot", Tier.FREE: "free slot", Tier.SATURATED: "saturated"}
 
 
-def route_reason(ranked: list[Candidate], strategy: str, waited: float | None = None) -> str:
+def route_reason(
+    ranked: list[Candidate],
+    strategy: str,
+    waited: float | None = None,
+    predicted: float | None = None,
+) -> str:
+    """``predicted``: a request that waited was estimated, on arrival, to see its first
+    token this many seconds later (the estimate on the chosen box is made at placement)."""
     chosen = ranked[0]
     reason = f"{chosen.describe()} ({TIERS[chosen.tier]}; {strategy})"
     if waited is not None:
         reason += f"; waited {waited:.2f} s"
+    if predicted is not None:
+        reason += f"; on arrival est ttft {predicted:.2f} s"
     if len(ranked) > 1:
         reason += f"; next {ranked[1].describe()}"
     return reason
