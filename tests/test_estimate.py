@@ -3,6 +3,7 @@ the order out. Pure: no boxes, no sleeps; time is an argument."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from types import MappingProxyType
 
@@ -14,6 +15,8 @@ from ollamux.routing.costs import Conversations, Costs, Learned
 from ollamux.routing.estimate import PRIOR_LOAD, Ask, estimate
 from ollamux.routing.policies import Signals
 from ollamux.routing.state import BoxState, Fleet, Health
+from tests.test_dispatch_clock import box as one_slot_box
+from tests.test_dispatch_clock import dispatcher, settle
 
 M = "llama3.2:latest"
 X = "qwen2.5:7b"
@@ -241,3 +244,33 @@ def test_live_conversations_expire_and_move() -> None:
     assert conv.view[("b", M)] == 2
     conv.prune(now=75.0)  # c1 last seen at 11 s: gone; c2 still live
     assert dict(conv.view) == {("b", M): 1}
+
+
+# --- the dispatcher, on a clock the test holds --------------------------------------
+
+
+async def test_the_dispatcher_waits_for_the_busy_resident_model_and_says_what_it_predicted() -> (
+    None
+):
+    d, ledger, clock = dispatcher([one_slot_box("a", 0), one_slot_box("b", 1, loaded=False)])
+    cold = Counts(
+        prompt_tokens=100,
+        output_tokens=10,
+        prompt_seconds=0.1,
+        decode_seconds=0.9,
+        load_seconds=5.0,
+    )
+    d.traffic.finished("a", M, "someone", 5.5, cold, clock.now())  # a 5 s load, 1.4 s answers
+    first = await d.acquire(d.request(M), M)
+    assert first.box == "a"
+    second = asyncio.ensure_future(d.acquire(d.request(M), M))
+    await settle()
+    assert not second.done() and d.room.size == 1  # not a 5 s load on b: a frees sooner
+    clock.advance(0.5)
+    first.release()
+    await settle()
+    lease = second.result()
+    assert lease.box == "a" and ledger.usage == {("a", M): 1}
+    assert "waited 0.50 s" in lease.reason
+    assert "on arrival est ttft 0.70 s" in lease.reason  # one 1.4 s answer ahead, 1 slot
+    lease.release()
