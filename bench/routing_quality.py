@@ -48,18 +48,20 @@ from _harness import Stack, get_json, parse, ratio, report
 
 from ollamux.backends.sim.engine import chat_prompt, common_prefix, token_ids
 
+# The shape at half its time scale (so both seeds of all five shapes run in about
+# ten minutes): 0.5 s loads; decode, prefill, think time and arrival window scaled alike.
 DEFAULTS: dict[str, Any] = {
     "shapes": "base,many,embed,slow,hot",
     "seeds": "7,8",
     "users": 24,
-    "per_user": 2,  # conversations per user
+    "per_user": 2,  # conversations per user, one after another
     "turns": 4,
-    "window": 6.0,  # seconds over which conversations start
-    "think": 0.3,  # seconds between a reply and the next turn
+    "window": 3.0,  # seconds over which users start
+    "think": 0.15,  # seconds between a reply and the next turn
     "tokens": 16,
-    "load_time": 1.0,
-    "tokens_per_s": 80.0,
-    "prompt_tokens_per_s": 1000.0,
+    "load_time": 0.5,
+    "tokens_per_s": 160.0,
+    "prompt_tokens_per_s": 2000.0,
 }
 SMOKE: dict[str, Any] = {
     "shapes": "base,embed",
@@ -99,15 +101,15 @@ SHAPES = {
     "base": Shape("base", "conversations with Zipf popularity over 6 models"),
     "many": Shape(
         "many",
-        "3x the users: far more live conversations than the fleet's 12 slot caches",
-        users_factor=3.0,
-        think=1.0,
+        "2x the users, slower to reply: far more live conversations than 12 slot caches",
+        users_factor=2.0,
+        think=0.5,
     ),
     "embed": Shape(
         "embed",
-        "the base chat plus 8 clients flooding embeddings (120 requests)",
+        "the base chat plus 8 clients flooding embeddings (80 requests of 4 texts)",
         embed_workers=8,
-        embed_requests=15,
+        embed_requests=10,
     ),
     "slow": Shape("slow", "the base chat; gpu-c is three times slower", slow_box=True),
     "hot": Shape("hot", "the base chat; 70% of conversations on one model", hot=0.7),
