@@ -140,6 +140,12 @@ class Costs:
                 held = max(1, len(box.loaded))
                 self._capacity[box.name] = min(self._capacity.get(box.name, held), held)
 
+    def table(self) -> list[dict[str, object]]:
+        """Every (box, model) with a learned figure, for the dashboard."""
+        keys = sorted(self._load.keys() | self._prefill.keys() | self._decode.keys())
+        keys = sorted(set(keys) | self._service.keys())
+        return [{"box": b, "model": m, **self.view.describe(b, m)} for b, m in keys]
+
 
 class Conversations:
     """Live conversations per (box, model): seen within ``LIVE_WINDOW`` seconds. Each

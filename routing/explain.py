@@ -8,11 +8,21 @@ every box with its standing, and nothing sent anywhere.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ollamux.routing.choose import Candidate, NoRoute, Request, Tier, no_route, rank
 from ollamux.routing.policies import Signals
 from ollamux.routing.state import BoxState, Fleet, Usage
+
+
+def predicted_ttft(reason: str) -> float | None:
+    """The time to first token ``route_reason`` says was predicted for the request when it
+    arrived (for one placed at once: the chosen box's estimate), None if it has none."""
+    arrival = re.search(r"on arrival est ttft ([0-9.]+) s", reason)
+    placed = arrival or re.search(r"est ttft ([0-9.]+) s", reason)
+    return float(placed.group(1)) if placed else None
+
 
 TIERS = {Tier.LOADED_FREE: "loaded, free slot", Tier.FREE: "free slot", Tier.SATURATED: "saturated"}
 

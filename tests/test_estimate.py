@@ -13,6 +13,7 @@ from ollamux.routing.accounting import Counts
 from ollamux.routing.choose import Request, Tier, rank
 from ollamux.routing.costs import Conversations, Costs, Learned
 from ollamux.routing.estimate import PRIOR_LOAD, Ask, estimate
+from ollamux.routing.explain import predicted_ttft
 from ollamux.routing.policies import Signals
 from ollamux.routing.state import BoxState, Fleet, Health
 from tests.test_dispatch_clock import box as one_slot_box
@@ -274,3 +275,11 @@ async def test_the_dispatcher_waits_for_the_busy_resident_model_and_says_what_it
     assert "waited 0.50 s" in lease.reason
     assert "on arrival est ttft 0.70 s" in lease.reason  # one 1.4 s answer ahead, 1 slot
     lease.release()
+
+
+def test_the_predicted_time_to_first_token_is_read_back_from_the_route_reason() -> None:
+    placed = "a: model loaded, 0/2 slots, est ttft 0.38 s (wait 0.00, load 0.00, prefill 0.38)"
+    assert predicted_ttft(placed + ", finish 0.58 s (loaded, free slot; default)") == 0.38
+    waited = placed + " (loaded, free slot; fastest); waited 1.20 s; on arrival est ttft 1.05 s"
+    assert predicted_ttft(waited) == 1.05  # what was said on arrival, not at placement
+    assert predicted_ttft("a: model loaded, 0/2 slots (loaded, free slot; least-busy)") is None

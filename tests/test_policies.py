@@ -337,3 +337,11 @@ async def test_learned_costs_show_in_explain_and_the_route_header(cluster: Any) 
         assert entry["estimate"]["learned"] is True
         second = await c.http.post("/api/generate", json=gen("again " * 40, 8))
         assert "load 5.00" not in second.headers["x-ollamux-route"]
+        # The dashboard's figures: learned costs per (box, model), predicted against seen.
+        stats = (await c.http.get("/router/stats")).json()
+        (row,) = stats["learned"]
+        assert row["box"] == "a" and row["model"] == "llama3.2:latest"
+        assert row["load_s"] == learned["load_s"] and row["decode_tokens_per_s"] > 0
+        newest, oldest = stats["recent"][0], stats["recent"][1]
+        assert oldest["predicted_ttft"] >= 5.0  # the priors' 5 s load, before any was seen
+        assert newest["predicted_ttft"] < 5.0 and newest["ttft"] is not None

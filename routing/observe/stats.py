@@ -21,6 +21,7 @@ from typing import Any
 
 from ollamux.backends.relay import Outcome
 from ollamux.routing.accounting import NOTHING, Counts, read_counts
+from ollamux.routing.explain import predicted_ttft
 from ollamux.routing.observe.history import Batch, History
 from ollamux.routing.observe.metrics import Metrics
 from ollamux.routing.observe.series import Series
@@ -140,6 +141,8 @@ class Stats:
             "status": outcome.status,
             "waited": None if outcome.sent is None else round(outcome.sent - outcome.started, 4),
             "ttft": None if ttft is None else round(ttft, 4),
+            # What the estimate said on arrival (routing.estimate), against ``ttft``.
+            "predicted_ttft": predicted_ttft(outcome.route),
             "duration": round(duration, 4),
             "prompt_tokens": counts.prompt_tokens,
             "output_tokens": counts.output_tokens,
