@@ -141,8 +141,6 @@ class Stats:
             "status": outcome.status,
             "waited": None if outcome.sent is None else round(outcome.sent - outcome.started, 4),
             "ttft": None if ttft is None else round(ttft, 4),
-            # What the estimate said on arrival (routing.estimate), against ``ttft``.
-            "predicted_ttft": predicted_ttft(outcome.route),
             "duration": round(duration, 4),
             "prompt_tokens": counts.prompt_tokens,
             "output_tokens": counts.output_tokens,
@@ -200,7 +198,12 @@ class Stats:
                 ep["name"]: self._box_view(ep["name"], now) for ep in snapshot.get("endpoints", [])
             },
             "series": self.series.export(now),
-            "recent": list(self.recent)[::-1],
+            # With what the estimate said on arrival (routing.estimate), read from ``why``
+            # (kept rows from the history have it too), against ``ttft``.
+            "recent": [
+                {**r, "predicted_ttft": predicted_ttft(r.get("why") or "")}
+                for r in reversed(self.recent)
+            ],
             "tuning": self.tuning.table(slots),
         }
 
