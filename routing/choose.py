@@ -5,7 +5,14 @@ excluded by this request's failures or route, not cooling down after a 429, unde
 rate limits) and orders them by the request's strategy (``routing.policies``). The
 default is the card's order: a box with the model **loaded and a free slot**, then any
 box with the model and a **free slot**, then the **least saturated** (in_use / slots);
-health, affinity, priority, load cost and observed speed only order boxes within a tier.
+health, affinity, priority, load cost and the estimate (``routing.estimate``: seconds to
+first token and to finish, from learned costs) only order boxes within a tier.
+
+"Free" is honest (``honest()``, under ``default`` and ``fastest``): a free slot on a box
+that does not hold the model is no free slot when loading there would evict a model in
+use (while another box can serve), or when, by what traffic has shown, the load alone
+outlasts the wait for a box that has the model loaded. Such a box ranks as saturated,
+so the request waits for the loaded model instead of thrashing models between boxes.
 Randomness comes in as an argument, so equal boxes share load evenly and tests stay
 deterministic.
 """
@@ -13,10 +20,11 @@ deterministic.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 from ollamux.routing.breaker import BreakerState
+from ollamux.routing.estimate import Ask, Estimate, estimate
 from ollamux.routing.policies import NO_SIGNALS, POLICIES, Context, Signals
 from ollamux.routing.state import BoxState, Fleet, Usage
 
@@ -33,6 +41,8 @@ class Candidate:
     tier: Tier
     in_use: int
     loaded: bool
+    estimate: Estimate | None = None  # under strategies that estimate (ESTIMATED)
+    note: str = ""  # why a free slot does not count as free
 
     @property
     def load(self) -> float:
@@ -44,7 +54,12 @@ class Candidate:
 
     def describe(self) -> str:
         state = "model loaded" if self.loaded else "model not loaded"
-        return f"{self.box.name}: {state}, {self.in_use}/{self.box.slots} slots"
+        text = f"{self.box.name}: {state}, {self.in_use}/{self.box.slots} slots"
+        if self.note:
+            text += f", {self.note}"
+        if self.estimate is not None:
+            text += f", {self.estimate.describe()}"
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +71,13 @@ class Request:
     kinds: frozenset[str] | None = None  # box kinds that can serve this route; None: all
     load_guard: float = 0.5  # how much busier than the rest the affinity box may be
     strategy: str = "default"  # a key of routing.policies.POLICIES
+    prompt_tokens: int = 0  # the prompt's size, roughly (0: unknown)
+    cached_tokens: int = 0  # the conversation's previous prompt: what its box may cache
+    new_conversation: bool = False  # a first turn: spread it where caches have room
+
+
+# Strategies that rank by the estimate, and whose free slots must be honest.
+ESTIMATED = frozenset({"default", "fastest"})
 
 
 class NoRoute(IntEnum):
@@ -76,6 +98,8 @@ def rank(
     ]
     if not candidates:
         return []
+    if req.strategy in ESTIMATED:
+        candidates = honest(_estimated(candidates, fleet, usage, req, signals))
     lightest: dict[int, float] = {}
     for c in candidates:
         lightest[c.tier] = min(c.load, lightest.get(c.tier, c.load))
@@ -152,6 +176,67 @@ def _candidate(box: BoxState, usage: Usage, req: Request, signals: Signals) -> C
     else:
         tier = Tier.LOADED_FREE if loaded else Tier.FREE
     return Candidate(box, tier, in_use, loaded)
+
+
+def _estimated(
+    candidates: list[Candidate], fleet: Fleet, usage: Usage, req: Request, signals: Signals
+) -> list[Candidate]:
+    ask = Ask(req.model, req.prompt_tokens, req.affinity, req.cached_tokens)
+    waiting = signals.waiting.get(req.model, 0)
+    full = sum(1 for c in candidates if c.tier is Tier.SATURATED) or 1
+    return [
+        replace(
+            c,
+            estimate=estimate(
+                c.box,
+                c.in_use,
+                ask,
+                fleet,
+                usage,
+                signals.learned,
+                signals.waiting,
+                waiting / full if c.tier is Tier.SATURATED else 0.0,
+                signals.now,
+            ),
+        )
+        for c in candidates
+    ]
+
+
+def honest(candidates: list[Candidate]) -> list[Candidate]:
+    """The tier rules: a free slot where the model is not loaded counts as saturated when
+    the load would evict a model in use while another box could serve, or (once loads
+    have been seen) when the load, with the reload of an idle model it would evict, outlasts
+    the wait for a box that has the model loaded."""
+    # Boxes that have the model in memory or are loading it: how soon each could start.
+    holders = [c for c in candidates if c.estimate is not None and (c.loaded or c.in_use)]
+    out = []
+    for c in candidates:
+        e = c.estimate
+        if c.tier is Tier.FREE and e is not None:
+            others = [d for d in candidates if d is not c and not _evicts_busy(d)]
+            soonest = min((d for d in holders if d is not c), key=_ready, default=None)
+            if e.evicts_busy and others:
+                c = replace(c, tier=Tier.SATURATED, note=f"a load would evict {e.evicts} (busy)")
+            elif e.load_known and soonest is not None and _ready(soonest) < e.load + e.penalty:
+                note = (
+                    f"its load ({e.load:.2f} s"
+                    + (f", {e.penalty:.2f} s to reload {e.evicts} later" if e.penalty else "")
+                    + f") outlasts the wait on {soonest.box.name} ({_ready(soonest):.2f} s)"
+                )
+                c = replace(c, tier=Tier.SATURATED, note=note)
+        out.append(c)
+    return out
+
+
+def _evicts_busy(c: Candidate) -> bool:
+    return c.estimate is not None and c.estimate.evicts_busy
+
+
+def _ready(c: Candidate) -> float:
+    """Seconds until the box could start on the request: its wait, and the rest of a load
+    under way."""
+    return c.estimate.wait + c.estimate.load if c.estimate is not None else 0.0
 
 
 def _busy_by_box(usage: Usage) -> dict[str, tuple[int, int]]:

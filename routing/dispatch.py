@@ -77,6 +77,7 @@ class FleetSource(Protocol):
 @dataclass(frozen=True, slots=True)
 class Wait:
     pin: str | None  # the conversation's box, worth a short wait
+    predicted: float | None = None  # the best box's estimated time to first token
 
 
 class Dispatcher:
@@ -109,10 +110,13 @@ class Dispatcher:
         *,
         conversation: str | None = None,
         kinds: frozenset[str] | None = None,
+        prompt_tokens: int = 0,
     ) -> Request:
-        affinity = None
+        affinity, cached = None, 0
         if conversation is not None and self._settings.conversation_affinity:
-            affinity = self.affinity.get(conversation, self._clock.now())
+            now = self._clock.now()
+            affinity = self.affinity.get(conversation, now)
+            cached = self.traffic.costs.conversations.asked(conversation, model, prompt_tokens, now)
         return Request(
             model,
             affinity=affinity,
@@ -120,6 +124,9 @@ class Dispatcher:
             kinds=kinds,
             load_guard=self._settings.affinity.load_guard,
             strategy=self._settings.routing.strategy,
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached if affinity is not None else 0,
+            new_conversation=conversation is not None and affinity is None,
         )
 
     def reconfigure(self, settings: Settings) -> None:
@@ -133,15 +140,16 @@ class Dispatcher:
     def remember(self, conversation: str, box: str) -> None:
         if self._settings.conversation_affinity:
             self.affinity.put(conversation, box, self._clock.now())
+            self.traffic.costs.conversations.served(conversation, box, self._clock.now())
 
     def pick(self, req: Request) -> Candidate | NoRoute:
         """The box that would serve ``req`` now, without reserving a slot."""
-        signals = self.traffic.signals(self._clock.now())
+        signals = self._signals()
         return choose(self._prober.fleet, self._slots.usage, req, self._rng.random, signals)
 
     def explain(self, req: Request) -> dict[str, Any]:
         """What would be chosen for ``req`` now and why; reserves and sends nothing."""
-        signals = self.traffic.signals(self._clock.now())
+        signals = self._signals()
         queueing = self._settings.queue.enabled
         return explain(self._prober.fleet, self._slots.usage, req, signals, queueing)
 
@@ -165,7 +173,7 @@ class Dispatcher:
             return placed
         if isinstance(placed, NoRoute):
             raise no_route_error(placed, display_name, self._prober.fleet, req.model)
-        return await self._wait(req, display_name, ticket, placed.pin)
+        return await self._wait(req, display_name, ticket, placed)
 
     def _place_now(self, req: Request, ticket: Ticket) -> Lease | NoRoute | Wait:
         """Rank and reserve in one synchronous step, so no other placement interleaves."""
@@ -187,7 +195,7 @@ class Dispatcher:
         self.drain()
 
     def _signals(self) -> Signals:
-        return self.traffic.signals(self._clock.now())
+        return self.traffic.signals(self._clock.now(), self._prober.fleet, self.room.by_model())
 
     def _decide(self, req: Request, ranked: list[Candidate]) -> Candidate | NoRoute | Wait:
         if not ranked:
@@ -197,17 +205,23 @@ class Dispatcher:
         pin = self._pin(req, ranked) if queueing else None
         if pin is None and (best.tier is not Tier.SATURATED or not queueing):
             return best
-        return Wait(pin)
+        mine = next((c for c in ranked if c.box.name == pin), best)
+        return Wait(pin, mine.estimate.ttft if mine.estimate is not None else None)
 
     def _placed(
-        self, lease: Lease, ranked: list[Candidate], ticket: Ticket, waited: float | None
+        self,
+        lease: Lease,
+        ranked: list[Candidate],
+        ticket: Ticket,
+        waited: float | None,
+        predicted: float | None = None,
     ) -> None:
         now = self._clock.now()
         chosen = next((i for i, c in enumerate(ranked) if c.box.name == lease.box), 0)
         order = [ranked[chosen], *ranked[:chosen], *ranked[chosen + 1 :]]
-        lease.reason = route_reason(order, self._settings.routing.strategy, waited)
+        lease.reason = route_reason(order, self._settings.routing.strategy, waited, predicted)
         log.debug("%s for %s: %s", lease.box, ticket.user, lease.reason)
-        self.traffic.placed(lease.box, ticket, now)
+        self.traffic.placed(lease.box, ticket, now, lease.model)
 
     def _pin(self, req: Request, ranked: list[Candidate]) -> str | None:
         """The conversation's box, if it has the model loaded but no free slot and is not
@@ -218,11 +232,12 @@ class Dispatcher:
         mine = next((c for c in ranked if c.box.name == req.affinity), None)
         if mine is None or not mine.loaded or mine.tier is not Tier.SATURATED:
             return None
+        if mine.estimate is not None and mine.estimate.known:
+            # Worth waiting for while the wait is shorter than the prefill it saves.
+            return mine.box.name if mine.estimate.wait < mine.estimate.saved else None
         return mine.box.name if mine.load - ranked[0].load <= req.load_guard else None
 
-    async def _wait(
-        self, req: Request, display_name: str, ticket: Ticket, pin: str | None
-    ) -> Lease:
+    async def _wait(self, req: Request, display_name: str, ticket: Ticket, wait: Wait) -> Lease:
         if self.room.full:
             raise NoCapacity(
                 f'too many requests waiting; no free slot for model "{display_name}"',
@@ -237,7 +252,9 @@ class Dispatcher:
                     f"their share of the waiting room"
                 )
         now = self._clock.now()
+        pin = wait.pin
         waiter = Waiter(req, ticket, now, asyncio.get_running_loop().create_future())
+        waiter.predicted = wait.predicted
         timeout = self._settings.queue.timeout
         expire = partial(_expire, waiter, display_name, timeout)
         timers = [self._clock.call_at(now + timeout, expire)]
@@ -296,7 +313,8 @@ class Dispatcher:
                     break  # the same model's later waiters would not fit either
                 self.room.remove(waiter)
                 lease = self._reserve(ranked[0].box.name, waiter.req.model)
-                self._placed(lease, ranked, waiter.ticket, now - waiter.enqueued)
+                waited = now - waiter.enqueued
+                self._placed(lease, ranked, waiter.ticket, waited, waiter.predicted)
                 waiter.future.set_result(lease)
         if self.room.size:
             self.traffic.rearm(now)

@@ -8,20 +8,39 @@ every box with its standing, and nothing sent anywhere.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ollamux.routing.choose import Candidate, NoRoute, Request, Tier, no_route, rank
 from ollamux.routing.policies import Signals
 from ollamux.routing.state import BoxState, Fleet, Usage
 
+
+def predicted_ttft(reason: str) -> float | None:
+    """The time to first token ``route_reason`` says was predicted for the request when it
+    arrived (for one placed at once: the chosen box's estimate), None if it has none."""
+    arrival = re.search(r"on arrival est ttft ([0-9.]+) s", reason)
+    placed = arrival or re.search(r"est ttft ([0-9.]+) s", reason)
+    return float(placed.group(1)) if placed else None
+
+
 TIERS = {Tier.LOADED_FREE: "loaded, free slot", Tier.FREE: "free slot", Tier.SATURATED: "saturated"}
 
 
-def route_reason(ranked: list[Candidate], strategy: str, waited: float | None = None) -> str:
+def route_reason(
+    ranked: list[Candidate],
+    strategy: str,
+    waited: float | None = None,
+    predicted: float | None = None,
+) -> str:
+    """``predicted``: a request that waited was estimated, on arrival, to see its first
+    token this many seconds later (the estimate on the chosen box is made at placement)."""
     chosen = ranked[0]
     reason = f"{chosen.describe()} ({TIERS[chosen.tier]}; {strategy})"
     if waited is not None:
         reason += f"; waited {waited:.2f} s"
+    if predicted is not None:
+        reason += f"; on arrival est ttft {predicted:.2f} s"
     if len(ranked) > 1:
         reason += f"; next {ranked[1].describe()}"
     return reason
@@ -48,6 +67,11 @@ def explain(
                 "expected_s": round(signals.expected(box.name, req.model), 3),
                 "describe": c.describe(),
             }
+            if c.estimate is not None:
+                entry["estimate"] = c.estimate.as_dict()
+                entry["learned"] = signals.learned.describe(box.name, req.model)
+            if c.note:
+                entry["not_free"] = c.note
         else:
             entry["excluded"] = _why_not(box, req, signals)
         boxes.append(entry)

@@ -3,8 +3,9 @@
 Each strategy is a pure key function over one candidate and the decision's context;
 ``rank()`` sorts by it. Every strategy honours the same ground rules, which ``rank()``
 enforces before any key is computed: only healthy boxes that have the model, outside a
-cooldown and under their rate limits; and boxes with a free slot before saturated ones
-(the first element of every key), so the waiting room works the same under all of them.
+cooldown and under their rate limits; and, under every strategy but ``fastest``, boxes
+with a free slot before saturated ones (the first element of the key), so the waiting
+room works the same under all of them.
 
 - ``default``: the card's order (loaded + free, free, least saturated), refined by health,
   conversation affinity, an in-progress load, priority, load cost, rate-limit use, load
@@ -13,7 +14,15 @@ cooldown and under their rate limits; and boxes with a free slot before saturate
 - ``round-robin``: the next box in config order after the last one chosen;
 - ``weighted-random``: at random, in proportion to each box's ``weight``;
 - ``latency``: the shortest expected answer time from observed speed;
-- ``usage``: the lowest rate-limit utilisation (used / limit), then load.
+- ``usage``: the lowest rate-limit utilisation (used / limit), then load;
+- ``fastest``: the soonest estimated finish (``routing.estimate``), whatever the tier:
+  a busy box that holds the model and the conversation's prefix beats a cold load
+  when its wait is shorter, and then the request waits for it.
+
+Under ``default`` and ``fastest`` the candidates carry their estimate; ``default`` orders
+by it within a tier, keeps a conversation on its box while the wait there is shorter
+than the prefill its cache saves, and sends a new conversation where the model's live
+conversations still fit the box's slots (each slot caches one conversation's prefix).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from ollamux.routing.costs import NOTHING_LEARNED, Learned
 from ollamux.routing.state import Health
 
 if TYPE_CHECKING:
@@ -39,6 +49,9 @@ class Signals:
     cooling: frozenset[str] = frozenset()  # boxes resting after a 429
     speed: Mapping[tuple[str, str], float] = field(default_factory=lambda: MappingProxyType({}))
     turn: int = 0  # placements so far: round-robin's position
+    learned: Learned = NOTHING_LEARNED  # costs per (box, model), for the estimate
+    waiting: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    now: float = 0.0  # the decision's time, on the dispatcher's clock
 
     def expected(self, box: str, model: str) -> float:
         """Expected seconds for a typical answer; a box with no data yet counts as the
@@ -76,16 +89,44 @@ def _free(c: Candidate) -> int:
     return 1 if c.in_use >= c.box.slots else 0
 
 
+def _score(c: Candidate) -> float:
+    """The estimate, to the tenth of a second (finer differences are noise), once the
+    model's costs are known; before that every box scores alike and the card decides."""
+    e = c.estimate
+    return round(e.score, 1) if e is not None and e.known else 0.0
+
+
+def _sticky(c: Candidate, ctx: Context) -> int:
+    """The conversation's box, while it is worth it: by the estimate, while its wait is
+    shorter than the prefill its cache saves; before there is one, while its load is
+    within ``load_guard`` of the lightest box's in its tier."""
+    req = ctx.req
+    if c.box.name != req.affinity:
+        return 1
+    e = c.estimate
+    if e is not None and e.known and c.tier != 2:
+        return 0 if e.wait <= e.saved else 1
+    return 0 if c.load - ctx.lightest[c.tier] <= req.load_guard else 1
+
+
+def _crowded(c: Candidate, ctx: Context) -> int:
+    """A new conversation on a box whose slots already cache as many live conversations
+    of the model as it has slots would push one of them out."""
+    if not ctx.req.new_conversation:
+        return 0
+    return 1 if ctx.signals.learned.live.get((c.box.name, ctx.req.model), 0) >= c.box.slots else 0
+
+
 def default(c: Candidate, ctx: Context, tie: float) -> Key:
     req, box = ctx.req, c.box
     order = (box.priority, box.index) if req.priority_routing else (0, 0)
-    sticky = (
-        0 if box.name == req.affinity and c.load - ctx.lightest[c.tier] <= req.load_guard else 1
-    )
+    sticky = _sticky(c, ctx)
     util = ctx.signals.utilisation.get(box.name, 0.0)
     speed = ctx.signals.expected(box.name, req.model)
-    if c.tier == 2:  # saturated: a shorter queue beats priority and affinity
-        return (c.tier, c.load, _health(c), *order, sticky, util, speed, tie)
+    score = _score(c)
+    if c.tier == 2:  # saturated: a shorter (estimated) wait beats priority and affinity
+        honest_free = 1 if c.in_use < box.slots else 0  # a free slot that is not free
+        return (c.tier, score, honest_free, c.load, _health(c), *order, sticky, util, speed, tie)
     if c.tier == 1:  # free but not loaded: where loading costs least
         loading_here = 0 if c.in_use > 0 else 1
         models_busy, in_flight = ctx.busy.get(box.name, (0, 0))
@@ -95,6 +136,8 @@ def default(c: Candidate, ctx: Context, tie: float) -> Key:
             sticky,
             loading_here,
             *order,
+            score,
+            _crowded(c, ctx),
             models_busy,
             in_flight,
             util,
@@ -102,7 +145,7 @@ def default(c: Candidate, ctx: Context, tie: float) -> Key:
             speed,
             tie,
         )
-    return (c.tier, _health(c), sticky, *order, util, c.load, speed, tie)
+    return (c.tier, _health(c), sticky, *order, score, _crowded(c, ctx), util, c.load, speed, tie)
 
 
 def least_busy(c: Candidate, ctx: Context, tie: float) -> Key:
@@ -122,6 +165,12 @@ def latency(c: Candidate, ctx: Context, tie: float) -> Key:
     return (_free(c), ctx.signals.expected(c.box.name, ctx.req.model), c.load, tie)
 
 
+def fastest(c: Candidate, ctx: Context, tie: float) -> Key:
+    e = c.estimate
+    finish = round(e.score, 2) if e is not None else ctx.signals.expected(c.box.name, ctx.req.model)
+    return (finish, _crowded(c, ctx), _health(c), c.load, tie)
+
+
 def usage(c: Candidate, ctx: Context, tie: float) -> Key:
     return (_free(c), ctx.signals.utilisation.get(c.box.name, 0.0), c.load, tie)
 
@@ -134,5 +183,6 @@ POLICIES: Mapping[str, Policy] = MappingProxyType(
         "weighted-random": weighted_random,
         "latency": latency,
         "usage": usage,
+        "fastest": fastest,
     }
 )

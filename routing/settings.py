@@ -79,7 +79,9 @@ class Failover:
     breaker_max_backoff: float = 60.0
 
 
-Strategy = Literal["default", "least-busy", "round-robin", "weighted-random", "latency", "usage"]
+Strategy = Literal[
+    "default", "least-busy", "round-robin", "weighted-random", "latency", "usage", "fastest"
+]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 

@@ -188,7 +188,7 @@ class SharedDispatcher(Dispatcher):
             return placed
         if isinstance(placed, NoRoute):
             raise no_route_error(placed, display_name, self._prober.fleet, req.model)
-        return await self._wait(req, display_name, ticket, placed.pin)
+        return await self._wait(req, display_name, ticket, placed)
 
     async def _place_shared(self, req: Request, ticket: Ticket) -> Lease | NoRoute | Wait:
         ranked = rank(

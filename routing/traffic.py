@@ -1,5 +1,6 @@
 """What traffic has shown, kept between decisions: fair share per user, each box's rate
-budget and cooldown, observed speeds, and the round-robin position. ``signals()`` hands
+budget and cooldown, observed speeds, learned costs (``routing.costs``), and the
+round-robin position. ``signals()`` hands
 ``rank()`` an immutable view of it for one decision."""
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from types import MappingProxyType
 
 from ollamux.routing.accounting import Counts
 from ollamux.routing.clock import Clock, Timer
+from ollamux.routing.costs import Costs
 from ollamux.routing.fairness import FairShare
 from ollamux.routing.latency import Speeds
 from ollamux.routing.limits import BoxLimits
 from ollamux.routing.policies import Signals
 from ollamux.routing.settings import Settings
+from ollamux.routing.state import Fleet
 from ollamux.routing.waiting import Ticket
 
 
@@ -25,6 +28,7 @@ class Traffic:
             ep.name: BoxLimits(ep.name, ep.rpm_limit, ep.tpm_limit) for ep in settings.endpoints
         }
         self.speeds = Speeds()
+        self.costs = Costs()
         self.turn = 0
         self._limited = [b for b in self.limits.values() if b.limited]
         self._cooling: set[str] = set()
@@ -47,14 +51,29 @@ class Traffic:
         self._limited = [b for b in limits.values() if b.limited]
         self._cooling &= limits.keys()
 
-    def signals(self, now: float) -> Signals:
+    def signals(
+        self, now: float, fleet: Fleet | None = None, waiting: dict[str, int] | None = None
+    ) -> Signals:
         utilisation = {b.name: b.utilisation(now) for b in self._limited}
         cooling = frozenset(n for n in self._cooling if self.limits[n].cooling_until > now)
         self._cooling &= cooling
-        return Signals(MappingProxyType(utilisation), cooling, self.speeds.view, self.turn)
+        if fleet is not None:
+            self.costs.see(fleet)
+        self.costs.conversations.prune(now)
+        return Signals(
+            MappingProxyType(utilisation),
+            cooling,
+            self.speeds.view,
+            self.turn,
+            self.costs.view,
+            MappingProxyType(waiting or {}),
+            now,
+        )
 
-    def placed(self, box: str, ticket: Ticket, now: float) -> None:
+    def placed(self, box: str, ticket: Ticket, now: float, model: str | None = None) -> None:
         self.turn += 1
+        if model is not None:
+            self.costs.placed(box, model, now)
         self.fair.placed(ticket.user, ticket.cost, now)
         limits = self.limits.get(box)
         if limits is not None and limits.limited:
@@ -67,6 +86,7 @@ class Traffic:
     ) -> None:
         self.fair.finished(user, counts.output_tokens, now)
         self.speeds.observe(box, model, ttft, counts.decode_rate)
+        self.costs.finished(box, model, ttft, counts, now)
         limits = self.limits.get(box)
         if limits is not None and limits.limited:
             limits.tokens(counts.prompt_tokens + counts.output_tokens, now)

@@ -39,6 +39,7 @@ class Waiter:
     pin: str | None = None  # the conversation's box, waited for until pin_until
     pin_until: float = 0.0
     seq: int = 0
+    predicted: float | None = None  # estimated seconds to first token when it arrived
 
     @property
     def rank(self) -> tuple[int, int]:

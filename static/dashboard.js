@@ -8,6 +8,7 @@ import { renderReplicas } from "./replicas.js";
 import { LineChart } from "./charts.js";
 import { count, el, fill, rate, seconds } from "./dom.js";
 import { recentTable, renderQueue, renderTuning } from "./tables.js";
+import { renderCosts } from "./costs.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { snapshot: null, stats: null };
@@ -69,6 +70,7 @@ function renderStats() {
   charts.forEach((c) => c.update(stats));
   fill($("recent"), recentTable(stats.recent.slice(0, 25)));
   fill($("tuning"), renderTuning(stats.tuning));
+  fill($("costs"), renderCosts(stats.learned, stats.recent));
 }
 
 function setConnection(value) {

@@ -319,3 +319,29 @@ async def test_explain_agrees_with_the_next_choice_and_the_route_header(cluster:
         assert missing.status_code == 400 and "model is required" in missing.json()["error"]
         unknown = (await c.http.get("/router/explain", params={"model": "nope"})).json()
         assert unknown["chosen"] is None and unknown["reason"] == "no box has this model"
+
+
+async def test_learned_costs_show_in_explain_and_the_route_header(cluster: Any) -> None:
+    box = SimConfig(name="a", load_time=0.2, tokens_per_s=2000.0, prompt_tokens_per_s=20000.0)
+    async with cluster(box, routing={"strategy": "fastest"}) as c:
+        first = await c.http.post("/api/generate", json=gen("a cold start " * 40, 8))
+        # Nothing learned yet: the estimate is the priors' (a 5 s load).
+        assert "est ttft" in first.headers["x-ollamux-route"]
+        assert "load 5.00" in first.headers["x-ollamux-route"]
+        explained = (await c.http.get("/router/explain", params={"model": "llama3.2"})).json()
+        assert explained["strategy"] == "fastest" and explained["chosen"] == "a"
+        entry = explained["boxes"][0]
+        learned = entry["learned"]
+        assert 0.2 <= learned["load_s"] < 1.0  # what the box reported as load_duration
+        assert learned["decode_tokens_per_s"] > 0 and learned["service_s"] is not None
+        assert entry["estimate"]["learned"] is True
+        second = await c.http.post("/api/generate", json=gen("again " * 40, 8))
+        assert "load 5.00" not in second.headers["x-ollamux-route"]
+        # The dashboard's figures: learned costs per (box, model), predicted against seen.
+        stats = (await c.http.get("/router/stats")).json()
+        (row,) = stats["learned"]
+        assert row["box"] == "a" and row["model"] == "llama3.2:latest"
+        assert row["load_s"] == learned["load_s"] and row["decode_tokens_per_s"] > 0
+        newest, oldest = stats["recent"][0], stats["recent"][1]
+        assert oldest["predicted_ttft"] >= 5.0  # the priors' 5 s load, before any was seen
+        assert newest["predicted_ttft"] < 5.0 and newest["ttft"] is not None

@@ -61,7 +61,10 @@ async def proxy(
     if chat:
         session = request.headers.get("x-session-id")
         conversation = conversation_key(model, affinity_doc or doc, session)
-    req = svc.dispatcher.request(key, conversation=conversation, kinds=kinds)
+    # About four bytes of a request body per prompt token: the estimate's prefill.
+    req = svc.dispatcher.request(
+        key, conversation=conversation, kinds=kinds, prompt_tokens=len(body) // 4
+    )
     if routed.unable is not None:
         unable = routed.unable
         req = replace(req, exclude=frozenset(b.name for b in fleet.boxes if unable(b)))

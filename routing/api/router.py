@@ -55,7 +55,7 @@ async def router_status(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     svc = services(request)
-    return JSON(svc.stats.view(svc.board.snapshot()))
+    return JSON(svc.stats_view(svc.board.snapshot()))
 
 
 async def dashboard(request: Request) -> Response:

@@ -93,7 +93,7 @@ class Services:
         self.board = StatusBoard(
             self.prober, slots, self.dispatcher, self.stats, shared=self.shared
         )
-        self.feed = Feed(self.board, self.stats.view)
+        self.feed = Feed(self.board, self.stats_view)
 
     def snapshot(self) -> Snapshot:
         """The status snapshot (GET /router/status): the one picture everything reads."""
@@ -233,6 +233,13 @@ class Services:
             max_attempts=self.settings.failover.max_attempts if slot else 1,
             stream_error=stream_error,
         )
+
+    def stats_view(self, snapshot: Snapshot) -> dict[str, Any]:
+        """The dashboard's figures: ``Stats.view``, and the costs routing has learned per
+        box and model (``routing.costs``)."""
+        view = self.stats.view(snapshot)
+        view["learned"] = self.dispatcher.traffic.costs.table()
+        return view
 
     def _refused(self, box: str, retry_after: str | None) -> None:
         """The box answered 429: it rests, and the request tries another."""

@@ -21,6 +21,7 @@ from typing import Any
 
 from ollamux.backends.relay import Outcome
 from ollamux.routing.accounting import NOTHING, Counts, read_counts
+from ollamux.routing.explain import predicted_ttft
 from ollamux.routing.observe.history import Batch, History
 from ollamux.routing.observe.metrics import Metrics
 from ollamux.routing.observe.series import Series
@@ -197,7 +198,12 @@ class Stats:
                 ep["name"]: self._box_view(ep["name"], now) for ep in snapshot.get("endpoints", [])
             },
             "series": self.series.export(now),
-            "recent": list(self.recent)[::-1],
+            # With what the estimate said on arrival (routing.estimate), read from ``why``
+            # (kept rows from the history have it too), against ``ttft``.
+            "recent": [
+                {**r, "predicted_ttft": predicted_ttft(r.get("why") or "")}
+                for r in reversed(self.recent)
+            ],
             "tuning": self.tuning.table(slots),
         }
 

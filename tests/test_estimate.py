@@ -1,0 +1,285 @@
+"""The estimator and the honest tier rules: tables of snapshots and learned costs in,
+the order out. Pure: no boxes, no sleeps; time is an argument."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from types import MappingProxyType
+
+import pytest
+
+from ollamux.routing.accounting import Counts
+from ollamux.routing.choose import Request, Tier, rank
+from ollamux.routing.costs import Conversations, Costs, Learned
+from ollamux.routing.estimate import PRIOR_LOAD, Ask, estimate
+from ollamux.routing.explain import predicted_ttft
+from ollamux.routing.policies import Signals
+from ollamux.routing.state import BoxState, Fleet, Health
+from tests.test_dispatch_clock import box as one_slot_box
+from tests.test_dispatch_clock import dispatcher, settle
+
+M = "llama3.2:latest"
+X = "qwen2.5:7b"
+
+
+def box(name: str, *loaded: str, index: int = 0, slots: int = 2) -> BoxState:
+    return BoxState(
+        name=name,
+        url=f"http://127.0.0.1/{name}",
+        kind="ollama",
+        index=index,
+        priority=0,
+        slots=slots,
+        health=Health.HEALTHY,
+        models=frozenset({M, X}),
+        loaded=frozenset(loaded),
+        answered=True,
+    )
+
+
+def learned(
+    *,
+    service: float = 1.0,
+    load: float = 5.0,
+    prefill: float = 1000.0,
+    capacity: dict[str, int] | None = None,
+    live: dict[tuple[str, str], int] | None = None,
+    boxes: tuple[str, ...] = ("a", "b", "c"),
+) -> Learned:
+    """Costs as if traffic had shown them: the same on every box."""
+    keys = [(b, m) for b in boxes for m in (M, X)]
+    return Learned(
+        load=MappingProxyType(dict.fromkeys(keys, load)),
+        prefill=MappingProxyType(dict.fromkeys(keys, prefill)),
+        decode=MappingProxyType(dict.fromkeys(keys, 100.0)),
+        service=MappingProxyType(dict.fromkeys(keys, service)),
+        output=MappingProxyType({M: 10.0, X: 10.0}),
+        capacity=MappingProxyType(capacity or {}),
+        live=MappingProxyType(live or {}),
+    )
+
+
+def order(
+    fleet: Fleet,
+    usage: dict[tuple[str, str], int],
+    costs: Learned,
+    *,
+    strategy: str = "default",
+    waiting: int = 0,
+    req: Request | None = None,
+) -> list[tuple[str, Tier]]:
+    signals = Signals(learned=costs, waiting=MappingProxyType({M: waiting}), now=100.0)
+    ranked = rank(
+        fleet, usage, req or Request(M, strategy=strategy), random.Random(0).random, signals
+    )
+    return [(c.box.name, c.tier) for c in ranked]
+
+
+BOTH = pytest.mark.parametrize("strategy", ["default", "fastest"])
+
+
+@BOTH
+def test_a_busy_resident_model_beats_a_cold_load_when_the_wait_is_shorter(strategy: str) -> None:
+    # a holds the model, both slots busy, answers take 1 s: a slot frees in ~0.33 s;
+    # b would load it for 5 s. Its "free slot" is no free slot: the request waits for a.
+    f = Fleet.of((box("a", M), box("b", index=1)))
+    ranked = order(f, {("a", M): 2}, learned(service=1.0, load=5.0), strategy=strategy)
+    assert ranked[0] == ("a", Tier.SATURATED)
+    assert ("b", Tier.SATURATED) in ranked
+
+
+@BOTH
+def test_a_cold_load_wins_when_the_wait_is_longer(strategy: str) -> None:
+    # Answers take 30 s and four requests wait already: the 5 s load is sooner.
+    f = Fleet.of((box("a", M), box("b", index=1)))
+    ranked = order(f, {("a", M): 2}, learned(service=30.0), strategy=strategy, waiting=4)
+    assert ranked[0] == ("b", Tier.FREE)
+
+
+def test_before_any_load_is_seen_the_card_order_stands() -> None:
+    # No evidence of what a load costs: the free slot stays free (the card's order).
+    f = Fleet.of((box("a", M), box("b", index=1)))
+    costs = learned(service=1.0)
+    costs = Learned(service=costs.service, decode=costs.decode, output=costs.output)
+    assert order(f, {("a", M): 2}, costs)[0] == ("b", Tier.FREE)
+
+
+@BOTH
+def test_a_load_that_would_evict_a_busy_model_is_refused_while_another_option_exists(
+    strategy: str,
+) -> None:
+    # b is full (holds one model, X, which is in use): loading M there means waiting for
+    # X to finish and throwing it out. c has room. a holds M but is saturated.
+    f = Fleet.of((box("a", M), box("b", X, index=1), box("c", index=2)))
+    usage = {("a", M): 2, ("b", X): 1}
+    costs = learned(service=20.0, capacity={"b": 1})
+    ranked = dict(order(f, usage, costs, strategy=strategy))
+    assert ranked["b"] is Tier.SATURATED
+    assert order(f, usage, costs, strategy=strategy)[0] == ("c", Tier.FREE)
+
+
+@BOTH
+def test_a_second_cold_load_waits_for_the_load_already_under_way(strategy: str) -> None:
+    # Nobody has the model in memory yet; a is loading it (one request placed), with a
+    # free slot. b would start a load of its own: a is sooner.
+    f = Fleet.of((box("a"), box("b", index=1)))
+    ranked = order(f, {("a", M): 1}, learned(service=1.0, load=4.0), strategy=strategy)
+    assert ranked[0] == ("a", Tier.FREE) and ranked[1] == ("b", Tier.SATURATED)
+
+
+def test_a_load_that_would_evict_a_busy_model_stays_when_it_is_the_only_option() -> None:
+    f = Fleet.of((box("b", X),))
+    ranked = order(f, {("b", X): 1}, learned(capacity={"b": 1}))
+    assert ranked == [("b", Tier.FREE)]
+
+
+def test_evicting_an_idle_model_used_lately_costs_its_reload() -> None:
+    # b and c are both full with an idle model; b's was used a moment ago and is resident
+    # nowhere else, c's has not been used for minutes: load where it costs nobody.
+    base = learned(capacity={"b": 1, "c": 1})
+    costs = Learned(
+        **{
+            **{f: getattr(base, f) for f in base.__slots__},  # type: ignore[attr-defined]
+            "last_used": MappingProxyType({("b", X): 95.0, ("c", "old:latest"): 1.0}),
+        }
+    )
+    f = Fleet.of((box("b", X), box("c", "old:latest", index=1)))
+    assert order(f, {}, costs)[0][0] == "c"
+    e = estimate(f.boxes[0], 0, Ask(M), f, {}, costs, {}, 0.0, 100.0)
+    # X was used 5 s ago: half of its 5 s reload counts (fading over RECENT = 10 s).
+    assert e.evicts == X and e.penalty == pytest.approx(2.5) and not e.evicts_busy
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        (1.0, "a"),  # a's wait (~0.33 s) is shorter than the 3.9 s of prefill it saves
+        (30.0, "b"),  # a's wait (~10 s) is longer: the cold cache elsewhere is sooner
+    ],
+)
+def test_the_cache_box_wins_while_its_wait_is_short(service: float, expected: str) -> None:
+    f = Fleet.of((box("a", M), box("b", M, index=1)))
+    req = Request(M, affinity="a", strategy="fastest", prompt_tokens=4000, cached_tokens=3900)
+    assert order(f, {("a", M): 2}, learned(service=service), req=req)[0][0] == expected
+
+
+def test_a_cache_that_holds_more_conversations_than_slots_saves_less() -> None:
+    f = Fleet.of((box("a", M),))
+    ask = Ask(M, prompt_tokens=2000, affinity="a", cached_tokens=2000)
+    roomy = estimate(f.boxes[0], 0, ask, f, {}, learned(), {}, 0.0, 0.0)
+    crowded = estimate(f.boxes[0], 0, ask, f, {}, learned(live={("a", M): 4}), {}, 0.0, 0.0)
+    assert roomy.prefill == 0.0 and roomy.saved == 2.0
+    assert crowded.prefill == pytest.approx(1.0)  # 2 slots for 4 live conversations
+
+
+def test_a_new_conversation_goes_where_the_caches_have_room() -> None:
+    f = Fleet.of((box("a", M), box("b", M, index=1)))
+    costs = learned(live={("a", M): 2})
+    new = Request(M, new_conversation=True)
+    assert [order(f, {}, costs, req=new)[0][0] for _ in range(3)] == ["b"] * 3
+
+
+def test_the_estimate_adds_wait_load_prefill_and_decode() -> None:
+    f = Fleet.of((box("a", M), box("b", index=1)))
+    costs = learned(service=3.0, load=2.0, prefill=500.0)
+    ask = Ask(M, prompt_tokens=1000)
+    busy = estimate(f.boxes[0], 2, ask, f, {("a", M): 2}, costs, {}, 1.0, 0.0)
+    assert busy.wait == pytest.approx(2 * 3.0 / 3)  # one waiting ahead, 3 s answers, 2 slots
+    assert busy.load == 0.0 and busy.prefill == pytest.approx(2.0)
+    assert busy.decode == pytest.approx(0.1)
+    cold = estimate(f.boxes[1], 0, ask, f, {}, costs, {}, 0.0, 0.0)
+    assert cold.wait == 0.0 and cold.load == 2.0 and cold.ttft == pytest.approx(4.0)
+    loading = estimate(f.boxes[1], 1, ask, f, {}, costs, {}, 0.0, 0.0)
+    assert loading.load == 1.0  # a load under way is half done, on average
+
+
+def test_priors_for_a_model_never_seen() -> None:
+    f = Fleet.of((box("b"),))
+    e = estimate(f.boxes[0], 0, Ask(M), f, {}, Learned(), {}, 0.0, 0.0)
+    assert e.load == PRIOR_LOAD and not e.known and not e.load_known
+
+
+def test_costs_learn_from_final_chunks() -> None:
+    costs = Costs()
+    cold = Counts(
+        prompt_tokens=800,
+        output_tokens=40,
+        prompt_seconds=0.4,
+        decode_seconds=1.0,
+        load_seconds=3.0,
+    )
+    costs.finished("a", M, 3.5, cold, now=10.0)
+    warm = Counts(prompt_tokens=5, output_tokens=40, prompt_seconds=0.01, decode_seconds=0.5)
+    costs.finished("a", M, 0.2, warm, now=20.0)
+    v = costs.view
+    assert v.load[("a", M)] == 3.0  # the warm answer's tiny load is no load
+    assert v.prefill[("a", M)] == 2000.0  # 5 tokens time overhead, not the prefill rate
+    assert v.decode[("a", M)] == pytest.approx(40 + 0.3 * (80 - 40))
+    assert v.service[("a", M)] == pytest.approx(1.5 + 0.3 * (0.7 - 1.5))
+    assert v.last_used[("a", M)] == 20.0
+    # Another box with no figures of its own borrows the model's average.
+    assert v.figure(v.load, "b", M) == 3.0 and v.knows() and v.knows_load()
+
+
+def test_capacity_is_learned_from_an_eviction_not_from_an_expiry() -> None:
+    costs = Costs()
+    two = Fleet.of((box("a", M, X),))
+    costs.see(two)
+    costs.see(Fleet.of((box("a", M),)))  # X expired (keep_alive): nothing learned
+    assert "a" not in costs.view.capacity
+    costs.see(two)
+    costs.see(Fleet.of((box("a", M, "phi3:mini"),)))  # X out as phi3 came in: full at 2
+    assert costs.view.capacity["a"] == 2
+
+
+def test_live_conversations_expire_and_move() -> None:
+    conv = Conversations(window=60.0)
+    assert conv.asked("c1", M, 100, now=0.0) == 0
+    conv.served("c1", "a", now=1.0)
+    assert conv.asked("c1", M, 150, now=10.0) == 100  # the previous turn's prompt
+    conv.served("c1", "b", now=11.0)  # moved: counted on b only
+    assert dict(conv.view) == {("b", M): 1}
+    conv.asked("c2", M, 50, now=20.0)
+    conv.served("c2", "b", now=20.0)
+    assert conv.view[("b", M)] == 2
+    conv.prune(now=75.0)  # c1 last seen at 11 s: gone; c2 still live
+    assert dict(conv.view) == {("b", M): 1}
+
+
+# --- the dispatcher, on a clock the test holds --------------------------------------
+
+
+async def test_the_dispatcher_waits_for_the_busy_resident_model_and_says_what_it_predicted() -> (
+    None
+):
+    d, ledger, clock = dispatcher([one_slot_box("a", 0), one_slot_box("b", 1, loaded=False)])
+    cold = Counts(
+        prompt_tokens=100,
+        output_tokens=10,
+        prompt_seconds=0.1,
+        decode_seconds=0.9,
+        load_seconds=5.0,
+    )
+    d.traffic.finished("a", M, "someone", 5.5, cold, clock.now())  # a 5 s load, 1.4 s answers
+    first = await d.acquire(d.request(M), M)
+    assert first.box == "a"
+    second = asyncio.ensure_future(d.acquire(d.request(M), M))
+    await settle()
+    assert not second.done() and d.room.size == 1  # not a 5 s load on b: a frees sooner
+    clock.advance(0.5)
+    first.release()
+    await settle()
+    lease = second.result()
+    assert lease.box == "a" and ledger.usage == {("a", M): 1}
+    assert "waited 0.50 s" in lease.reason
+    assert "on arrival est ttft 0.70 s" in lease.reason  # one 1.4 s answer ahead, 1 slot
+    lease.release()
+
+
+def test_the_predicted_time_to_first_token_is_read_back_from_the_route_reason() -> None:
+    placed = "a: model loaded, 0/2 slots, est ttft 0.38 s (wait 0.00, load 0.00, prefill 0.38)"
+    assert predicted_ttft(placed + ", finish 0.58 s (loaded, free slot; default)") == 0.38
+    waited = placed + " (loaded, free slot; fastest); waited 1.20 s; on arrival est ttft 1.05 s"
+    assert predicted_ttft(waited) == 1.05  # what was said on arrival, not at placement
+    assert predicted_ttft("a: model loaded, 0/2 slots (loaded, free slot; least-busy)") is None
