@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from ollamux.app import create_app
@@ -100,6 +101,7 @@ async def slow_client(
         await asyncio.sleep(0.1)  # and tries again: a bounded storm, not a busy loop
 
 
+@pytest.mark.soak
 async def test_a_slowloris_storm_does_not_starve_legitimate_clients() -> None:
     limits = {
         "max_connections": 40,  # the server's cap on open connections is twice this

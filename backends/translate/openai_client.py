@@ -186,8 +186,15 @@ def _envelope(
 
 
 def _calls(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A box's tool calls; one that is not an object with a function object makes the
+    box's answer malformed (ValueError: the stream ends with an error, a whole answer is
+    a 502), never a client's 400."""
     calls = message.get("tool_calls")
-    return [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+    if not isinstance(calls, list):
+        return []
+    if not all(isinstance(c, dict) and isinstance(c.get("function"), dict) for c in calls):
+        raise ValueError("the box sent a tool call that is not an object with a function")
+    return calls
 
 
 def new_id(prefix: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import redis.asyncio as aioredis
 import yaml
 
@@ -30,6 +31,8 @@ from tests.shared.test_replicas import (
     fleet,
     wait_until,
 )
+
+pytestmark = pytest.mark.replicas
 
 
 async def test_redis_down_mid_load_fails_no_request_and_counts_converge(

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from ollamux.app import create_app
 from ollamux.backends.sim.ollama import SimBox, SimConfig
@@ -22,6 +23,9 @@ from ollamux.routing.affinity import conversation_key
 from ollamux.routing.api.services import Services
 from tests.conftest import cluster_settings, serve_app
 from tests.shared.conftest import RedisServer
+
+# Several apps, a real Redis and real sockets each: run by .ci/run, or with -m replicas.
+pytestmark = pytest.mark.replicas
 
 MODEL = "llama3.2:latest"
 
