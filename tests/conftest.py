@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from _pytest.mark.expression import Expression
 from starlette.applications import Starlette
 
 from ollamux.app import create_app
@@ -20,6 +23,20 @@ from ollamux.backends.sim.ollama import SimBox, SimConfig
 from ollamux.routing.api.services import Services
 from ollamux.routing.clock import Clock
 from ollamux.routing.settings import Settings, parse_settings
+
+# Assertion rewriting is cached as bytecode; where the environment turns bytecode off
+# (PYTHONDONTWRITEBYTECODE), every run and every worker would rewrite the test modules
+# and the client libraries they import again: keep the rewritten bytecode.
+sys.dont_write_bytecode = False
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """A folder whose every test belongs to a group the marker expression leaves out is
+    not even imported (tests/realbox pulls in LangChain and model tooling)."""
+    if collection_path.name != "realbox" or not config.option.markexpr:
+        return None
+    expression = Expression.compile(config.option.markexpr)
+    return not expression.evaluate(lambda name, **kwargs: name in ("realbox", "slow"))
 
 
 @asynccontextmanager
