@@ -116,6 +116,8 @@ async def test_a_box_stopped_mid_test_keeps_its_models_known_and_answers_503() -
             status = (await http.get("/router/status")).json()
             a_state = next(e for e in status["endpoints"] if e["name"] == "a")
             assert a_state["health"] == "down"
+            known = next(m for m in a_state["models"] if m["name"] == f"{M}:latest")
+            assert known["available"] is False  # known, marked unavailable while down
             # A model nobody ever advertised is still a 404 while some box is up.
             resp = await http.post("/api/chat", json=chat("never-heard-of"))
             assert resp.status_code == 404, resp.text

@@ -24,6 +24,7 @@ class Memory(TypedDict, total=False):
 
 class ModelStatus(Memory):
     name: str
+    available: bool  # its box answers its probes now; false: known, but the box is down
     loaded: bool
     in_use: int
     max: int
@@ -158,6 +159,7 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> EndpointStatu
     models: list[ModelStatus] = [
         {
             "name": name,
+            "available": box.reachable,
             "loaded": name in box.loaded,
             "in_use": usage.get((box.name, name), 0),
             "max": box.slots,
