@@ -365,7 +365,7 @@ class Dispatcher:
 def no_route_error(
     reason: NoRoute, model: str, fleet: Fleet, key: str
 ) -> ModelNotFound | NoCapacity:
-    """DESIGN.md "Errors keep the API's own shape": 404 for a model no box ever listed
+    """The outage rule (README, "HTTP surface"): 404 for a model no box ever listed
     (naming boxes never heard from), else 503 naming the boxes and why they cannot."""
     if reason is NoRoute.UNKNOWN_MODEL:
         message = f'model "{model}" not found, try pulling it first'
