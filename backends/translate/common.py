@@ -11,9 +11,9 @@ import base64
 import binascii
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -300,6 +300,8 @@ def ndjson(obj: object) -> bytes:
 
 # -- what a box's answer may be --------------------------------------------------------
 
+T = TypeVar("T")
+
 MAX_EVENT_BYTES = 16 * 2**20  # limits.max_box_event_bytes' default
 # What a box answer of an unexpected shape makes the conversion code raise: caught at each
 # translator's boundary and turned into an error for the client, never a crash.
@@ -313,6 +315,23 @@ MALFORMED: tuple[type[Exception], ...] = (
     struct.error,
     UpstreamBadAnswer,
 )
+
+
+def convert_all(
+    items: Iterable[T],
+    convert: Callable[[T], bytes],
+    broken: Callable[[Exception], bytes],
+    then: Callable[[], bytes] = lambda: b"",
+) -> bytes:
+    """``convert`` each of a box's lines or events (reading them may raise too), then add
+    ``then()``; an answer of an unexpected shape ends the output with ``broken``."""
+    out = b""
+    try:
+        for item in items:
+            out += convert(item)
+        return out + then()
+    except MALFORMED as exc:
+        return out + broken(exc)
 
 
 def untranslatable(exc: Exception) -> UpstreamBadAnswer:

@@ -22,6 +22,7 @@ from ollamux.backends.translate.common import (
     SSEReader,
     WholeBody,
     arguments_object,
+    convert_all,
     done_reason,
     error_message,
     image_url,
@@ -254,22 +255,10 @@ class OpenAIToOllama:
     def chunk(self, data: bytes) -> bytes:
         if self._finished:
             return b""
-        out = b""
-        try:
-            for payload in self._events.feed(data):
-                out += self._event(payload)
-        except MALFORMED as exc:
-            return out + self._broken(exc)
-        return out
+        return convert_all(self._events.feed(data), self._event, self._broken)
 
     def end(self) -> bytes:
-        out = b""
-        try:
-            for payload in self._events.rest():
-                out += self._event(payload)
-            return out + self._finish()
-        except MALFORMED as exc:
-            return out + self._broken(exc)
+        return convert_all(self._events.rest(), self._event, self._broken, self._finish)
 
     def _broken(self, exc: Exception) -> bytes:
         """The stream ends here, with a last line saying why."""

@@ -26,6 +26,7 @@ from ollamux.backends.translate.common import (
     SSE_DONE,
     LineReader,
     WholeBody,
+    convert_all,
     effort_think,
     finish_reason,
     floats_base64,
@@ -237,22 +238,13 @@ class OllamaToOpenAI:
     def chunk(self, data: bytes) -> bytes:
         if self._finished:
             return b""
-        out = b""
-        try:
-            for doc in self._lines.feed(data):
-                out += self._line(doc)
-        except MALFORMED as exc:
-            return out + self._broken(exc)
-        return out
+        return convert_all(self._lines.feed(data), self._line, self._broken)
 
     def end(self) -> bytes:
-        out = b""
-        try:
-            for doc in self._lines.rest():
-                out += self._line(doc)
-        except MALFORMED as exc:
-            return out + self._broken(exc)
-        return out if self._finished else out + SSE_DONE
+        return convert_all(self._lines.rest(), self._line, self._broken, self._done)
+
+    def _done(self) -> bytes:
+        return b"" if self._finished else SSE_DONE
 
     def _broken(self, exc: Exception) -> bytes:
         """The stream ends here, with an error event saying why."""
