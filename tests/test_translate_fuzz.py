@@ -15,9 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ollamux.backends.relay import Translator
+from ollamux.backends.translate.anthropic_response import (
+    CountFromOpenAI,
+    OpenAIToAnthropic,
+    from_ollama,
+)
 from ollamux.backends.translate.common import SSEReader
 from ollamux.backends.translate.ollama_client import EmbeddingsToOllama, OpenAIToOllama
 from ollamux.backends.translate.openai_client import OllamaToEmbeddings, OllamaToOpenAI
+from ollamux.backends.translate.responses_plan import Chained
+from ollamux.backends.translate.responses_stream import ChatToResponses
 from ollamux.routing.errors import UpstreamBadAnswer
 
 scalars = (
@@ -130,6 +137,8 @@ def _finite(doc: Any) -> bool:
     return True
 
 
+REQUEST = {"model": "m", "input": "hi"}  # the Responses request being answered
+
 TRANSLATORS: dict[str, Callable[[], Translator]] = {
     "openai->ollama chat stream": lambda: OpenAIToOllama("m", stream=True, generate=False),
     "openai->ollama generate": lambda: OpenAIToOllama("m", stream=False, generate=True),
@@ -140,6 +149,16 @@ TRANSLATORS: dict[str, Callable[[], Translator]] = {
     ),
     "ollama->openai completion": lambda: OllamaToOpenAI("m", stream=False, completion=True),
     "ollama->openai embeddings": lambda: OllamaToEmbeddings("m", base64=True),
+    "openai->anthropic stream": lambda: OpenAIToAnthropic("m", stream=True),
+    "openai->anthropic whole": lambda: OpenAIToAnthropic("m", stream=False),
+    "openai->anthropic count": lambda: CountFromOpenAI(),
+    "openai->responses stream": lambda: ChatToResponses(REQUEST, stream=True),
+    "openai->responses whole": lambda: ChatToResponses(REQUEST, stream=False),
+    "ollama->anthropic stream": lambda: from_ollama("m", stream=True),
+    "ollama->responses stream": lambda: Chained(
+        OllamaToOpenAI("m", stream=True, completion=False, include_usage=True),
+        ChatToResponses(REQUEST, stream=True),
+    ),
 }
 
 

@@ -20,11 +20,14 @@ from ollamux.backends.relay import Translator
 from ollamux.backends.translate.common import (
     EVENT_STREAM,
     JSON,
+    MALFORMED,
     Chain,
     SSEReader,
     arguments_object,
+    convert_all,
     error_message,
     loads_object,
+    untranslatable,
 )
 from ollamux.backends.translate.openai_client import OllamaToOpenAI
 from ollamux.routing.errors import ProxyError
@@ -173,11 +176,13 @@ class OpenAIToAnthropic:
         return EVENT_STREAM if self._stream and status < 400 else JSON
 
     def chunk(self, data: bytes) -> bytes:
-        return b"".join(self._payload(p) for p in self._events.feed(data))
+        return convert_all(self._events.feed(data), self._payload, self._malformed)
 
     def end(self) -> bytes:
-        rest = b"".join(self._payload(p) for p in self._events.rest())
-        return rest + self._close()
+        return convert_all(self._events.rest(), self._payload, self._malformed, self._close)
+
+    def _malformed(self, exc: Exception) -> bytes:
+        return self.broken(untranslatable(exc))
 
     def whole(self, status: int, body: bytes) -> bytes:
         if status >= 400:
@@ -185,13 +190,19 @@ class OpenAIToAnthropic:
         doc = loads_object(body)
         if doc is None:
             return orjson.dumps(error_doc(502, error_message(body)))
-        if self._stream:  # the box answered whole though asked to stream
-            return self._replay(doc)
-        message = message_from_openai(doc, model=self._model, ident=self._id, edits=self._edits)
-        return orjson.dumps(message)
+        try:
+            if self._stream:  # the box answered whole though asked to stream
+                return self._replay(doc)
+            message = message_from_openai(doc, model=self._model, ident=self._id, edits=self._edits)
+            return orjson.dumps(message)
+        except MALFORMED as exc:
+            raise untranslatable(exc) from exc
 
     def broken(self, error: ProxyError) -> bytes:
         """A stream the box broke off ends with Anthropic's own ``error`` event."""
+        if self._finished:
+            return b""
+        self._finished = True
         return error_event(error.status, error.message)
 
     def _replay(self, doc: Mapping[str, Any]) -> bytes:
@@ -361,7 +372,10 @@ class CountFromOpenAI:
         doc = loads_object(body)
         if doc is None:
             return orjson.dumps(error_doc(502, error_message(body)))
-        return orjson.dumps({"input_tokens": usage(doc.get("usage"))["input_tokens"]})
+        try:
+            return orjson.dumps({"input_tokens": usage(doc.get("usage"))["input_tokens"]})
+        except MALFORMED as exc:
+            raise untranslatable(exc) from exc
 
 
 class AnthropicErrors:

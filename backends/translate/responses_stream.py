@@ -27,10 +27,13 @@ from ollamux.backends.translate import responses_answer as rsp
 from ollamux.backends.translate.common import (
     EVENT_STREAM,
     JSON,
+    MALFORMED,
     SSEReader,
+    convert_all,
     error_message,
     loads_object,
     openai_error,
+    untranslatable,
 )
 from ollamux.backends.translate.responses import custom_names
 from ollamux.routing.errors import ProxyError
@@ -110,11 +113,13 @@ class ChatToResponses:
         return EVENT_STREAM if self._stream and status < 400 else JSON
 
     def chunk(self, data: bytes) -> bytes:
-        return b"".join(self._data(d) for d in self._events.feed(data))
+        return convert_all(self._events.feed(data), self._data, self._malformed)
 
     def end(self) -> bytes:
-        out = b"".join(self._data(d) for d in self._events.rest())
-        return out + self._complete()
+        return convert_all(self._events.rest(), self._data, self._malformed, self._complete)
+
+    def _malformed(self, exc: Exception) -> bytes:
+        return self.broken(untranslatable(exc))
 
     def whole(self, status: int, body: bytes) -> bytes:
         if status >= 400:
@@ -122,6 +127,12 @@ class ChatToResponses:
         completion = loads_object(body)
         if completion is None:
             return openai_error(502, body)
+        try:
+            return self._whole(completion)
+        except MALFORMED as exc:
+            raise untranslatable(exc) from exc
+
+    def _whole(self, completion: Mapping[str, Any]) -> bytes:
         if not self._stream:
             answer = rsp.response_object(completion, self._request, self._id, self._stem)
             return orjson.dumps(answer)
