@@ -9,11 +9,11 @@ room works the same under all of them.
 
 - ``default``: the card's order (loaded + free, free, least saturated), refined by health,
   conversation affinity, an in-progress load, priority, load cost, rate-limit use, load
-  and observed speed;
+  and learned service time;
 - ``least-busy``: the lowest share of slots in use;
 - ``round-robin``: the next box in config order after the last one chosen;
 - ``weighted-random``: at random, in proportion to each box's ``weight``;
-- ``latency``: the shortest expected answer time from observed speed;
+- ``latency``: the shortest learned service time (``Signals.expected``);
 - ``usage``: the lowest rate-limit utilisation (used / limit), then load;
 - ``fastest``: the soonest estimated finish (``routing.estimate``), whatever the tier:
   a busy box that holds the model and the conversation's prefix beats a cold load
@@ -47,21 +47,16 @@ class Signals:
 
     utilisation: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     cooling: frozenset[str] = frozenset()  # boxes resting after a 429
-    speed: Mapping[tuple[str, str], float] = field(default_factory=lambda: MappingProxyType({}))
     turn: int = 0  # placements so far: round-robin's position
     learned: Learned = NOTHING_LEARNED  # costs per (box, model), for the estimate
     waiting: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     now: float = 0.0  # the decision's time, on the dispatcher's clock
 
     def expected(self, box: str, model: str) -> float:
-        """Expected seconds for a typical answer; a box with no data yet counts as the
-        average of the boxes that have some (for this model, else for any)."""
-        own = self.speed.get((box, model))
-        if own is not None:
-            return own
-        same = [v for (_, m), v in self.speed.items() if m == model]
-        pool = same or list(self.speed.values())
-        return sum(pool) / len(pool) if pool else 0.0
+        """Seconds an answer of this model has lately taken on this box once sent (the
+        learned service time); a box with no data yet counts as the average of the
+        boxes that have some (for this model, else for any); 0 before any answer."""
+        return self.learned.figure(self.learned.service, box, model) or 0.0
 
 
 NO_SIGNALS = Signals()

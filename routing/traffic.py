@@ -1,5 +1,5 @@
 """What traffic has shown, kept between decisions: fair share per user, each box's rate
-budget and cooldown, observed speeds, learned costs (``routing.costs``), and the
+budget and cooldown, learned costs (``routing.costs``), and the
 round-robin position. ``signals()`` hands
 ``rank()`` an immutable view of it for one decision."""
 
@@ -12,7 +12,6 @@ from ollamux.routing.accounting import Counts
 from ollamux.routing.clock import Clock, Timer
 from ollamux.routing.costs import Costs
 from ollamux.routing.fairness import FairShare
-from ollamux.routing.latency import Speeds
 from ollamux.routing.limits import BoxLimits
 from ollamux.routing.policies import Signals
 from ollamux.routing.settings import Settings
@@ -27,7 +26,6 @@ class Traffic:
         self.limits = {
             ep.name: BoxLimits(ep.name, ep.rpm_limit, ep.tpm_limit) for ep in settings.endpoints
         }
-        self.speeds = Speeds()
         self.costs = Costs()
         self.turn = 0
         self._limited = [b for b in self.limits.values() if b.limited]
@@ -63,7 +61,6 @@ class Traffic:
         return Signals(
             MappingProxyType(utilisation),
             cooling,
-            self.speeds.view,
             self.turn,
             self.costs.view,
             MappingProxyType(waiting or {}),
@@ -85,7 +82,6 @@ class Traffic:
         self, box: str, model: str, user: str, ttft: float | None, counts: Counts, now: float
     ) -> None:
         self.fair.finished(user, counts.output_tokens, now)
-        self.speeds.observe(box, model, ttft, counts.decode_rate)
         self.costs.finished(box, model, ttft, counts, now)
         limits = self.limits.get(box)
         if limits is not None and limits.limited:

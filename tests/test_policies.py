@@ -14,6 +14,7 @@ import pytest
 from ollamux.backends.sim.ollama import SimConfig
 from ollamux.routing.choose import NoRoute, Request, choose, rank
 from ollamux.routing.clock import ManualClock
+from ollamux.routing.costs import Learned
 from ollamux.routing.fairness import FairShare, user_of
 from ollamux.routing.limits import BoxLimits, retry_after
 from ollamux.routing.policies import NO_SIGNALS, Signals
@@ -74,7 +75,7 @@ def order(
         (
             "latency",
             {},
-            Signals(speed=MappingProxyType({("a", M): 3.0, ("b", M): 1.0})),
+            Signals(learned=Learned(service=MappingProxyType({("a", M): 3.0, ("b", M): 1.0}))),
             ["b", "c", "a"],
         ),
         # usage: the lowest share of its rate limit first, then load
@@ -130,7 +131,7 @@ def test_weighted_random_follows_the_weights() -> None:
 
 
 def test_signals_average_stands_in_for_a_box_without_data() -> None:
-    signals = Signals(speed=MappingProxyType({("a", M): 2.0, ("b", M): 4.0}))
+    signals = Signals(learned=Learned(service=MappingProxyType({("a", M): 2.0, ("b", M): 4.0})))
     assert signals.expected("c", M) == 3.0
     assert Signals().expected("c", M) == 0.0
 
