@@ -26,7 +26,7 @@ from ollamux.routing.breaker import Breaker, BreakerState
 from ollamux.routing.clock import Clock, LoopClock, Timer
 from ollamux.routing.errors import UpstreamBadAnswer, UpstreamError
 from ollamux.routing.settings import Endpoint, Kind, Settings
-from ollamux.routing.state import BoxState, Fleet, Health
+from ollamux.routing.state import BoxState, Fleet, Health, canonical_model
 
 log = logging.getLogger("ollamux.prober")
 
@@ -342,6 +342,7 @@ class Prober:
             fields.update(
                 models=probed.models,
                 tags=probed.tags,
+                remote=probed.remote,
                 version=probed.version,
                 slots=probed.slots,
                 openai_api=probed.openai_api,
@@ -373,6 +374,9 @@ class Prober:
                     state,
                     models=listed.names,
                     tags=listed.raw,
+                    remote=frozenset(
+                        canonical_model(t["name"]) for t in listed.raw if t.get("remote_host")
+                    ),
                     version=listed.version or state.version,
                     openai_api=listed.openai_api,
                     slots=box.ep.max_concurrent or listed.slots or state.slots,

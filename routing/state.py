@@ -94,6 +94,9 @@ class BoxState:
     # Routes the box answered 404 on where their translation worked (``/v1/responses`` on
     # an older server): they are translated for it until its version changes.
     lacking: frozenset[str] = frozenset()
+    # Cloud models: listed with ``remote_host`` (Ollama forwards them to a remote host),
+    # read from the model list when it is probed.
+    remote: frozenset[str] = frozenset()
     failing: frozenset[str] = frozenset()  # models whose (box, model) breaker is open
 
     @property
@@ -116,6 +119,12 @@ class Fleet:
 
     def knows(self, model: str) -> bool:
         return any(model in b.models for b in self.boxes)
+
+    def remote(self, model: str) -> bool:
+        """A cloud model: every box that lists it forwards it to a remote host, so it
+        uses no local capacity."""
+        having = [b for b in self.boxes if model in b.models]
+        return bool(having) and all(model in b.remote for b in having)
 
 
 # Slots in use, keyed by (box name, canonical model); owned by the ledger.

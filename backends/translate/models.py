@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ollamux.backends.translate.common import iso_from_unix, unix_from_iso
-from ollamux.routing.state import BoxState, Fleet, canonical_model
+from ollamux.routing.state import BoxState, canonical_model
 
 _QUANT = re.compile(r"(?i)(?:^|[-_.:])((?:IQ|Q)\d[A-Z0-9_]*|F16|F32|BF16)(?:\.gguf)?$")
 _FAR = "2318-01-01T00:00:00Z"  # a model a llama-server keeps loaded has no expiry
@@ -89,13 +89,6 @@ def show(tag: Mapping[str, Any]) -> dict[str, Any]:
 
 def find_tag(box: BoxState, key: str) -> Mapping[str, Any] | None:
     return next((t for t in box.tags if canonical_model(t["name"]) == key), None)
-
-
-def remote_model(fleet: Fleet, key: str) -> bool:
-    """A cloud model: every box that lists it forwards it to a remote host (Ollama's
-    ``remote_host`` in ``/api/tags``), so it uses no local capacity."""
-    tags = [t for b in fleet.boxes if key in b.models and (t := find_tag(b, key)) is not None]
-    return bool(tags) and all(t.get("remote_host") for t in tags)
 
 
 def own_id(box: BoxState, key: str, asked: str) -> str:

@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ollamux.backends.relay import Exchange
-from ollamux.backends.translate.models import remote_model
 from ollamux.backends.translate.plans import Routed
 from ollamux.routing.affinity import conversation_key
 from ollamux.routing.api.services import Services, make_ticket
@@ -68,7 +67,7 @@ async def proxy(
     if routed.unable is not None:
         unable = routed.unable
         req = replace(req, exclude=frozenset(b.name for b in fleet.boxes if unable(b)))
-    slot = slot and not remote_model(fleet, key)
+    slot = slot and not fleet.remote(key)
     ticket = make_ticket(request.headers, doc, body, getattr(request.state, "key_name", None))
     return await svc.exchange(
         req,

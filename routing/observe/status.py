@@ -154,8 +154,6 @@ class StatusBoard:
 def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> EndpointStatus:
     names = box.models | box.loaded | {m for (b, m) in usage if b == box.name}
     running = {canonical_model(e["name"]): e for e in box.running if isinstance(e.get("name"), str)}
-    # Cloud models (forwarded to a remote host) take no slot: shown, flagged "remote".
-    remote = {canonical_model(t["name"]) for t in box.tags if t.get("remote_host")}
     models: list[ModelStatus] = [
         {
             "name": name,
@@ -163,7 +161,7 @@ def _endpoint(box: BoxState, usage: dict[tuple[str, str], int]) -> EndpointStatu
             "loaded": name in box.loaded,
             "in_use": usage.get((box.name, name), 0),
             "max": box.slots,
-            **_memory(running.get(name), remote=name in remote),
+            **_memory(running.get(name), remote=name in box.remote),
         }
         for name in sorted(names, key=lambda n: (n not in box.loaded, n))
     ]
