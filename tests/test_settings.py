@@ -222,27 +222,27 @@ def test_command_line_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> None:
     ("entry", "message"),
     [
         (
-            {"url": "http://10.0.0.1:11434/v1"},
+            {"url": "http://127.0.0.9:11434/v1"},
             "endpoints[0].url has path '/v1'; ollamux adds the API paths itself: "
-            "use http://10.0.0.1:11434",
+            "use http://127.0.0.9:11434",
         ),
         (
-            {"url": "http://10.0.0.1:11434/api/"},
+            {"url": "http://127.0.0.9:11434/api/"},
             "endpoints[0].url has path '/api/'; ollamux adds the API paths itself: "
-            "use http://10.0.0.1:11434",
+            "use http://127.0.0.9:11434",
         ),
         (
-            {"url": "http://10.0.0.1:8080/v1", "kind": "llama-server"},
+            {"url": "http://127.0.0.9:8080/v1", "kind": "llama-server"},
             "endpoints[0].url has path '/v1'; ollamux adds the API paths itself: "
-            "use http://10.0.0.1:8080",
+            "use http://127.0.0.9:8080",
         ),
         (
             {"url": "https://api.example.com/v1/", "kind": "openai"},
             "use https://api.example.com",
         ),
         (
-            {"url": "http://10.0.0.1:11434/api/chat"},
-            "use http://10.0.0.1:11434",
+            {"url": "http://127.0.0.9:11434/api/chat"},
+            "use http://127.0.0.9:11434",
         ),
     ],
 )
@@ -255,8 +255,8 @@ def test_a_url_whose_path_makes_the_probes_impossible_is_refused(
 
 
 def test_a_url_behind_a_reverse_proxy_prefix_is_kept() -> None:
-    settings = parse_settings({"endpoints": ["http://10.0.0.1/ollama/"]})
-    assert settings.endpoints[0].url == "http://10.0.0.1/ollama"
+    settings = parse_settings({"endpoints": ["http://127.0.0.9/ollama/"]})
+    assert settings.endpoints[0].url == "http://127.0.0.9/ollama"
 
 
 def test_every_section_key_is_in_the_readme_configuration_table() -> None:

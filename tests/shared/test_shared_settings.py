@@ -23,12 +23,12 @@ def test_redis_url_with_a_password_from_the_environment(
     path.write_text(
         "endpoints: [http://127.0.0.1:11434]\n"
         "shared_state:\n"
-        "  redis: redis://:${REDIS_PASSWORD}@10.0.0.5:6379/2\n"
+        "  redis: redis://:${REDIS_PASSWORD}@127.0.0.5:6379/2\n"
         "  lease_ttl: 10\n"
         "  replica: proxy-a\n"
     )
     shared = load_settings(path).shared_state
-    assert shared.redis == "redis://:s3cret@10.0.0.5:6379/2"
+    assert shared.redis == "redis://:s3cret@127.0.0.5:6379/2"
     assert (shared.lease_ttl, shared.replica, shared.prefix) == (10.0, "proxy-a", "ollamux")
     assert "s3cret" not in repr(shared)
 
@@ -36,7 +36,7 @@ def test_redis_url_with_a_password_from_the_environment(
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"redis": "http://10.0.0.5:6379"}, "shared_state.redis"),
+        ({"redis": "http://127.0.0.5:6379"}, "shared_state.redis"),
         ({"redis": 6379}, "shared_state.redis has 6379"),
         ({"redis": "redis://h:1/0", "lease_ttl": 0.5}, "shared_state.lease_ttl"),
         ({"redis": "redis://h:1/0", "timeout": "fast"}, "shared_state.timeout"),
