@@ -72,8 +72,8 @@ class Request:
     load_guard: float = 0.5  # how much busier than the rest the affinity box may be
     strategy: str = "default"  # a key of routing.policies.POLICIES
     prompt_tokens: int = 0  # the prompt's size, roughly (0: unknown)
-    cached_tokens: int = 0  # the conversation's previous prompt: what its box may cache
-    new_conversation: bool = False  # a first turn: spread it where caches have room
+    cached_tokens: int = 0  # the conversation's prefix its affinity box still caches
+    conversation: str | None = None  # its key (affinity), when it has one
 
 
 # Strategies that rank by the estimate, and whose free slots must be honest.

@@ -6,8 +6,8 @@ the slot did not have cached) and ``eval_count``/``eval_duration``; llama-server
 same in ``timings``. ``Costs`` keeps exponentially weighted averages of them per
 (box, model), and per box what the fleet snapshots have shown about residency: a model
 that left a box in the same probe another arrived was evicted, so the number it held
-then is that box's capacity. ``Conversations`` counts the live conversations each
-(box, model) serves, so new ones spread before a box's prompt caches overflow.
+then is that box's capacity. ``Conversations`` shadows what each (box, model)'s slots
+cache: which conversation's prefix is still there, and whose a newcomer would push out.
 
 ``Learned`` is the read-only view ``rank()`` gets through ``Signals``; the estimator
 (``routing.estimate``) turns it into seconds. A figure never observed falls back to the
@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from ollamux.routing.accounting import Counts
 from ollamux.routing.state import Fleet
@@ -27,10 +28,13 @@ from ollamux.routing.state import Fleet
 ALPHA = 0.3  # weight of the newest observation
 MIN_PROMPT = 16  # fewer uncached tokens time the request's overhead, not the prefill rate
 MIN_LOAD = 0.05  # seconds: less than this is a resident model answering, not a load
-LIVE_WINDOW = 120.0  # seconds a conversation counts as live after its last turn
+LIVE_WINDOW = 120.0  # seconds a conversation counts as live after its last turn, at most
+MIN_LIVE = 1.0  # seconds, at least
+LIVE_GAPS = 4.0  # a conversation idle for this many of its usual gaps has ended
 MAX_CONVERSATIONS = 100_000
 
 Key = tuple[str, str]
+_T = TypeVar("_T")
 
 
 def _view() -> Mapping[Key, float]:
@@ -48,7 +52,7 @@ class Learned:
     output: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     capacity: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     last_used: Mapping[Key, float] = field(default_factory=_view)
-    live: Mapping[Key, int] = field(default_factory=lambda: MappingProxyType({}))
+    caches: CacheView = field(default_factory=lambda: CacheView())
 
     def figure(self, table: Mapping[Key, float], box: str, model: str) -> float | None:
         """This (box, model)'s figure, else the model's average elsewhere, else any's."""
@@ -58,6 +62,14 @@ class Learned:
         same = [v for (_, m), v in table.items() if m == model]
         pool = same or list(table.values())
         return sum(pool) / len(pool) if pool else None
+
+    def capacity_of(self, box: str) -> int | None:
+        """How many models ``box`` holds at most: its own, else the smallest any box has
+        shown (boxes of one fleet tend to be alike; a probe corrects a wrong guess)."""
+        own = self.capacity.get(box)
+        if own is not None or not self.capacity:
+            return own
+        return min(self.capacity.values())
 
     def describe(self, box: str, model: str) -> dict[str, float | None]:
         """This (box, model)'s own figures (None: not observed yet)."""
@@ -77,9 +89,6 @@ class Learned:
     def knows_load(self) -> bool:
         """Loads have been seen too: enough to refuse one."""
         return bool(self.service) and bool(self.load)
-
-
-NOTHING_LEARNED = Learned()
 
 
 class Costs:
@@ -136,6 +145,8 @@ class Costs:
             before = old.by_name.get(box.name)
             if before is None or not before.answered or not box.answered:
                 continue
+            for model in before.loaded - box.loaded:
+                self.conversations.unloaded(box.name, model)
             if before.loaded - box.loaded and box.loaded - before.loaded:
                 held = max(1, len(box.loaded))
                 self._capacity[box.name] = min(self._capacity.get(box.name, held), held)
@@ -147,57 +158,117 @@ class Costs:
         return [{"box": b, "model": m, **self.view.describe(b, m)} for b, m in keys]
 
 
+class CacheView:
+    """Read-only: what each (box, model)'s slots cache, as ``Conversations`` tracks it."""
+
+    def __init__(self, owner: Conversations | None = None) -> None:
+        self._owner = owner
+
+    def holds(self, box: str | None, model: str, conversation: str | None) -> int:
+        """The prompt tokens ``box`` still caches of ``conversation`` (0: none)."""
+        if self._owner is None or box is None or conversation is None:
+            return 0
+        cache = self._owner.caches.get((box, model))
+        entry = cache.get(conversation) if cache is not None else None
+        return entry[1] if entry is not None else 0
+
+    def displaced(self, box: str, model: str, slots: int, now: float) -> int:
+        """The cached prompt tokens of the live conversation that one more conversation on
+        (``box``, ``model``) would push out of its slot (0: a slot is spare, or the
+        least recently used one holds a conversation that has ended)."""
+        if self._owner is None:
+            return 0
+        cache = self._owner.caches.get((box, model))
+        if not cache or len(cache) < slots:
+            return 0
+        seen, tokens = next(iter(cache.values()))
+        return tokens if now - seen < self._owner.live_for() else 0
+
+    def live(self, box: str, model: str, now: float) -> int:
+        """Conversations (``box``, ``model``)'s slots hold that are still live."""
+        if self._owner is None:
+            return 0
+        window = self._owner.live_for()
+        cache = self._owner.caches.get((box, model))
+        return sum(1 for seen, _ in cache.values() if now - seen < window) if cache else 0
+
+
 class Conversations:
-    """Live conversations per (box, model): seen within ``LIVE_WINDOW`` seconds. Each
-    conversation's last prompt size is kept too, the prefix its box may still cache."""
+    """Live conversations, and a shadow of what each box's prompt caches hold of them.
+
+    Each slot of a loaded model keeps the prompt of the last request it served; a request
+    takes the free slot that holds its own prefix, else the least recently used one (so
+    do Ollama and llama-server). The shadow per (box, model) is that LRU: the ``slots``
+    conversations placed there most lately; a model's load empties it. A conversation
+    counts as live while its next turn may still come: within four of its usual gaps
+    between a reply and the next turn (learned, at least ``MIN_LIVE``, at most
+    ``LIVE_WINDOW`` seconds).
+    """
 
     def __init__(self, window: float = LIVE_WINDOW) -> None:
         self._window = window
-        # conversation -> (box, model, last seen, prompt tokens); oldest first
-        self._entries: OrderedDict[str, tuple[str, str, float, int]] = OrderedDict()
-        self._live: dict[Key, int] = {}
-        self._asked: dict[str, tuple[int, str]] = {}  # a turn not answered yet: tokens, model
-        self.view: Mapping[Key, int] = MappingProxyType(self._live)
+        self._gap: float | None = None  # seconds between a reply and the next turn
+        # (box, model) -> conversation -> (last seen, prompt tokens); least recent first
+        self.caches: dict[Key, OrderedDict[str, tuple[float, int]]] = {}
+        self._where: OrderedDict[str, Key] = OrderedDict()  # conversation -> its cache
+        self._asked: OrderedDict[str, int] = OrderedDict()  # a turn not placed yet: tokens
+        self._answered: OrderedDict[str, float] = OrderedDict()  # when its last turn ended
+        self.view = CacheView(self)
 
-    def asked(self, conversation: str, model: str, tokens: int, now: float) -> int:
-        """A turn arrives: its size is noted; returns the previous turn's prompt size (the
-        tokens its box may hold), 0 for a new conversation."""
-        self.prune(now)
-        self._asked[conversation] = (tokens, model)
-        if len(self._asked) > MAX_CONVERSATIONS:
-            self._asked.pop(next(iter(self._asked)))
-        entry = self._entries.get(conversation)
-        return entry[3] if entry is not None else 0
+    def live_for(self) -> float:
+        if self._gap is None:
+            return self._window
+        return min(self._window, max(MIN_LIVE, LIVE_GAPS * self._gap))
 
-    def served(self, conversation: str, box: str, now: float) -> None:
-        asked = self._asked.pop(conversation, None)
-        old = self._entries.get(conversation)
-        if asked is None and old is None:
-            return
-        tokens, model = asked if asked is not None else (old[3], old[1])  # type: ignore[index]
-        old = self._entries.pop(conversation, None)
-        if old is not None:
-            self._drop((old[0], old[1]))
-        self._entries[conversation] = (box, model, now, tokens)
-        self._live[(box, model)] = self._live.get((box, model), 0) + 1
-        while len(self._entries) > MAX_CONVERSATIONS:
-            _, (b, m, _, _) = self._entries.popitem(last=False)
-            self._drop((b, m))
+    def asked(self, conversation: str, model: str, tokens: int, box: str | None, now: float) -> int:
+        """A turn arrives: its size is noted; returns the tokens ``box`` (the box of its
+        previous turn) still caches of it, 0 if none (or a new conversation)."""
+        answered = self._answered.pop(conversation, None)
+        if answered is not None:
+            gap = max(0.0, now - answered)
+            self._gap = gap if self._gap is None else self._gap + ALPHA * (gap - self._gap)
+        _bounded(self._asked, conversation, tokens)
+        return self.view.holds(box, model, conversation)
 
-    def prune(self, now: float) -> None:
-        while self._entries:
-            conversation, (box, model, seen, _) = next(iter(self._entries.items()))
-            if seen > now - self._window:
-                break
-            del self._entries[conversation]
-            self._drop((box, model))
+    def placed(self, conversation: str, box: str, model: str, slots: int, now: float) -> None:
+        """The turn went to ``box``: it takes the slot with its prefix, else the least
+        recently used one."""
+        tokens = self._asked.pop(conversation, 0)
+        old = self._where.pop(conversation, None)
+        if old is not None and old != (box, model):
+            self.caches.get(old, OrderedDict()).pop(conversation, None)
+        cache = self.caches.setdefault((box, model), OrderedDict())
+        before = cache.pop(conversation, None)
+        if before is not None:  # a turn sent beside another keeps the longer prefix cached
+            tokens = max(tokens, before[1])
+        cache[conversation] = (now, tokens)
+        while len(cache) > max(1, slots):
+            gone, _ = cache.popitem(last=False)
+            self._where.pop(gone, None)
+        _bounded(self._where, conversation, (box, model))
 
-    def _drop(self, key: Key) -> None:
-        left = self._live.get(key, 0) - 1
-        if left > 0:
-            self._live[key] = left
-        else:
-            self._live.pop(key, None)
+    def served(self, conversation: str, now: float) -> None:
+        """The turn's answer ended: the conversation's next turn may come from now on."""
+        where = self._where.get(conversation)
+        cache = self.caches.get(where) if where is not None else None
+        if cache is not None and conversation in cache:
+            cache[conversation] = (now, cache[conversation][1])
+        _bounded(self._answered, conversation, now)
+
+    def unloaded(self, box: str, model: str) -> None:
+        """The model left ``box`` (or is loaded afresh): its slots cache nothing."""
+        for conversation in self.caches.pop((box, model), {}):
+            self._where.pop(conversation, None)
+
+
+NOTHING_LEARNED = Learned()
+
+
+def _bounded(table: OrderedDict[str, _T], key: str, value: _T) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    if len(table) > MAX_CONVERSATIONS:
+        table.popitem(last=False)
 
 
 def _ewma(table: dict[Key, float] | dict[str, float], key: object, new: float) -> None:

@@ -38,6 +38,7 @@ from ollamux.routing.errors import ModelNotFound, NoCapacity, TooManyRequests
 from ollamux.routing.explain import explain, route_reason
 from ollamux.routing.ledger import Lease, SlotStore
 from ollamux.routing.policies import Signals
+from ollamux.routing.residency import Residency
 from ollamux.routing.settings import Settings
 from ollamux.routing.state import Fleet
 from ollamux.routing.traffic import Traffic
@@ -103,6 +104,12 @@ class Dispatcher:
         self.room = WaitingRoom(settings.queue.max_waiting)
         self.affinity = AffinityTable(settings.affinity.ttl, settings.affinity.max_entries)
         self.traffic = Traffic(settings, self._clock, on_free=self.drain)
+        self.residency = Residency()
+
+    @property
+    def fleet(self) -> Fleet:
+        """The fleet as routing sees it: the last probe's, with the loads placed since."""
+        return self.residency.view(self._prober.fleet, self._clock.now())
 
     def request(
         self,
@@ -116,7 +123,11 @@ class Dispatcher:
         if conversation is not None and self._settings.conversation_affinity:
             now = self._clock.now()
             affinity = self.affinity.get(conversation, now)
-            cached = self.traffic.costs.conversations.asked(conversation, model, prompt_tokens, now)
+            cached = self.traffic.costs.conversations.asked(
+                conversation, model, prompt_tokens, affinity, now
+            )
+        else:
+            conversation = None
         return Request(
             model,
             affinity=affinity,
@@ -125,8 +136,8 @@ class Dispatcher:
             load_guard=self._settings.affinity.load_guard,
             strategy=self._settings.routing.strategy,
             prompt_tokens=prompt_tokens,
-            cached_tokens=cached if affinity is not None else 0,
-            new_conversation=conversation is not None and affinity is None,
+            cached_tokens=cached,
+            conversation=conversation,
         )
 
     def reconfigure(self, settings: Settings) -> None:
@@ -140,18 +151,18 @@ class Dispatcher:
     def remember(self, conversation: str, box: str) -> None:
         if self._settings.conversation_affinity:
             self.affinity.put(conversation, box, self._clock.now())
-            self.traffic.costs.conversations.served(conversation, box, self._clock.now())
+            self.traffic.costs.conversations.served(conversation, self._clock.now())
 
     def pick(self, req: Request) -> Candidate | NoRoute:
         """The box that would serve ``req`` now, without reserving a slot."""
         signals = self._signals()
-        return choose(self._prober.fleet, self._slots.usage, req, self._rng.random, signals)
+        return choose(self.fleet, self._slots.usage, req, self._rng.random, signals)
 
     def explain(self, req: Request) -> dict[str, Any]:
         """What would be chosen for ``req`` now and why; reserves and sends nothing."""
         signals = self._signals()
         queueing = self._settings.queue.enabled
-        return explain(self._prober.fleet, self._slots.usage, req, signals, queueing)
+        return explain(self.fleet, self._slots.usage, req, signals, queueing)
 
     async def resolve(self, req: Request, display_name: str) -> Candidate:
         """Like ``acquire`` for requests that take no slot (``/api/show``)."""
@@ -177,12 +188,12 @@ class Dispatcher:
 
     def _place_now(self, req: Request, ticket: Ticket) -> Lease | NoRoute | Wait:
         """Rank and reserve in one synchronous step, so no other placement interleaves."""
-        ranked = rank(self._prober.fleet, self._slots.usage, req, self._rng.random, self._signals())
+        ranked = rank(self.fleet, self._slots.usage, req, self._rng.random, self._signals())
         decision = self._decide(req, ranked)
         if not isinstance(decision, Candidate):
             return decision
         lease = self._reserve(decision.box.name, req.model)
-        self._placed(lease, ranked, ticket, None)
+        self._placed(req, lease, ranked, ticket, None)
         return lease
 
     def _reserve(self, box: str, model: str) -> Lease:
@@ -210,6 +221,7 @@ class Dispatcher:
 
     def _placed(
         self,
+        req: Request,
         lease: Lease,
         ranked: list[Candidate],
         ticket: Ticket,
@@ -222,6 +234,17 @@ class Dispatcher:
         lease.reason = route_reason(order, self._settings.routing.strategy, waited, predicted)
         log.debug("%s for %s: %s", lease.box, ticket.user, lease.reason)
         self.traffic.placed(lease.box, ticket, now, lease.model)
+        picked = order[0]
+        conversations = self.traffic.costs.conversations
+        if picked.box.name == lease.box and not picked.loaded and not picked.in_use:
+            # The box loads the model: its slots start empty, and a full box evicts one.
+            evicts = picked.estimate.evicts if picked.estimate is not None else None
+            self.residency.started(lease.box, lease.model, evicts, now)
+            conversations.unloaded(lease.box, lease.model)
+            if evicts is not None:
+                conversations.unloaded(lease.box, evicts)
+        if req.conversation is not None:
+            conversations.placed(req.conversation, lease.box, lease.model, picked.box.slots, now)
 
     def _pin(self, req: Request, ranked: list[Candidate]) -> str | None:
         """The conversation's box, if it has the model loaded but no free slot and is not
@@ -233,8 +256,11 @@ class Dispatcher:
         if mine is None or not mine.loaded or mine.tier is not Tier.SATURATED:
             return None
         if mine.estimate is not None and mine.estimate.known:
-            # Worth waiting for while the wait is shorter than the prefill it saves.
-            return mine.box.name if mine.estimate.wait < mine.estimate.saved else None
+            # Worth waiting for while the wait is shorter than the prefill it saves, here
+            # and for the live conversation whose cache it would push out elsewhere.
+            other = ranked[0].estimate
+            saved = mine.estimate.saved + (other.displaced if other is not None else 0.0)
+            return mine.box.name if mine.estimate.wait < saved else None
         return mine.box.name if mine.load - ranked[0].load <= req.load_guard else None
 
     async def _wait(self, req: Request, display_name: str, ticket: Ticket, wait: Wait) -> Lease:
@@ -314,7 +340,7 @@ class Dispatcher:
                 self.room.remove(waiter)
                 lease = self._reserve(ranked[0].box.name, waiter.req.model)
                 waited = now - waiter.enqueued
-                self._placed(lease, ranked, waiter.ticket, waited, waiter.predicted)
+                self._placed(waiter.req, lease, ranked, waiter.ticket, waited, waiter.predicted)
                 waiter.future.set_result(lease)
         if self.room.size:
             self.traffic.rearm(now)
@@ -328,7 +354,7 @@ class Dispatcher:
 
     def _free_ranked(self, req: Request, pin: str | None) -> list[Candidate]:
         """The ranking for ``req`` if its best box has a free slot now, else empty."""
-        ranked = rank(self._prober.fleet, self._slots.usage, req, self._rng.random, self._signals())
+        ranked = rank(self.fleet, self._slots.usage, req, self._rng.random, self._signals())
         if pin is not None:
             ranked = [c for c in ranked if c.box.name == pin]
         if ranked and ranked[0].tier is not Tier.SATURATED:

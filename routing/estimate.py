@@ -13,8 +13,10 @@ For one candidate box the estimate adds up what the request would go through the
   nothing over ``RECENT`` seconds since its last use), counted in the ranking but not in
   the prediction;
 - **prefill** of the prompt tokens the box will not find in cache: on the
-  conversation's own box (affinity) the previous turn's prompt is cached, as far as the
-  box's slots hold all its live conversations;
+  conversation's own box (affinity), what its slots still hold of it (the shadow in
+  ``routing.costs.Conversations``); elsewhere the request takes the least recently used
+  slot, and when that slot holds another live conversation, that one's prefill later is
+  the ``displaced`` cost, counted in the ranking but not in the prediction;
 - **decode** of the model's usual answer length at the box's learned rate.
 
 A figure this (box, model) has not shown yet is the model's average on other boxes, else
@@ -32,7 +34,9 @@ from dataclasses import dataclass
 from ollamux.routing.costs import Learned
 from ollamux.routing.state import BoxState, Fleet, Usage
 
-PRIOR_LOAD = 5.0  # seconds to load a model never seen loading
+# Seconds to load a model when no load has been seen yet on any box: optimistic, so a
+# fleet whose models all start resident still tries one load and learns what it costs.
+PRIOR_LOAD = 1.0
 PRIOR_PREFILL = 1000.0  # prompt tokens per second
 PRIOR_DECODE = 30.0  # output tokens per second
 PRIOR_OUTPUT = 200.0  # tokens in an answer
@@ -49,6 +53,7 @@ class Estimate:
     evicts: str | None = None
     evicts_busy: bool = False
     penalty: float = 0.0  # reloading what the load evicts, later, elsewhere
+    displaced: float = 0.0  # prefill another live conversation loses its cached slot for
     known: bool = False  # answers have been seen: the figures are learned, not priors
     load_known: bool = False  # and loads
 
@@ -62,13 +67,15 @@ class Estimate:
 
     @property
     def score(self) -> float:
-        return self.finish + self.penalty
+        return self.finish + self.penalty + self.displaced
 
     def describe(self) -> str:
         parts = [f"wait {self.wait:.2f}", f"load {self.load:.2f}", f"prefill {self.prefill:.2f}"]
         text = f"est ttft {self.ttft:.2f} s ({', '.join(parts)}), finish {self.finish:.2f} s"
         if self.evicts:
             text += f", evicts {self.evicts}" + (" (busy)" if self.evicts_busy else "")
+        if self.displaced:
+            text += f", displaces a cached conversation ({self.displaced:.2f} s)"
         return text
 
     def as_dict(self) -> dict[str, object]:
@@ -82,6 +89,7 @@ class Estimate:
             "evicts": self.evicts,
             "evicts_busy": self.evicts_busy,
             "penalty_s": round(self.penalty, 3),
+            "displaced_s": round(self.displaced, 3),
             "learned": self.known,
         }
 
@@ -118,7 +126,7 @@ def estimate(
     if not loaded:
         full_load = learned.figure(learned.load, name, model) or PRIOR_LOAD
         load = full_load / 2 if in_use > 0 else full_load
-        capacity = learned.capacity.get(name)
+        capacity = learned.capacity_of(name)
         if in_use == 0 and capacity is not None and len(box.loaded) >= capacity:
             idle = [m for m in box.loaded if not usage.get((name, m), 0) and not waiting.get(m, 0)]
             if idle:
@@ -135,11 +143,13 @@ def estimate(
                 evicts = min(box.loaded, key=lambda m: _service(learned, name, m, 0))
                 wait += _service(learned, name, evicts, 0) / 2
     rate = learned.figure(learned.prefill, name, model) or PRIOR_PREFILL
-    cached = 0.0
+    cached, displaced = 0, 0
     if loaded and name == ask.affinity and ask.cached_tokens:
-        live = learned.live.get((name, model), 0)
-        kept = 1.0 if live <= box.slots else box.slots / live
-        cached = min(ask.prompt_tokens, ask.cached_tokens) * kept
+        cached = min(ask.prompt_tokens, ask.cached_tokens)
+    elif loaded:
+        # Its prefix is not here: it takes the least recently used slot, and with it the
+        # cache of whatever conversation that slot holds, if that one is still live.
+        displaced = learned.caches.displaced(name, model, box.slots, now)
     prefill = (ask.prompt_tokens - cached) / rate
     decode = _output(learned, model) / (learned.figure(learned.decode, name, model) or PRIOR_DECODE)
     return Estimate(
@@ -148,6 +158,7 @@ def estimate(
         prefill,
         decode,
         saved=cached / rate,
+        displaced=displaced / rate,
         evicts=evicts,
         evicts_busy=evicts_busy,
         penalty=penalty,

@@ -21,8 +21,9 @@ room works the same under all of them.
 
 Under ``default`` and ``fastest`` the candidates carry their estimate; ``default`` orders
 by it within a tier, keeps a conversation on its box while the wait there is shorter
-than the prefill its cache saves, and sends a new conversation where the model's live
-conversations still fit the box's slots (each slot caches one conversation's prefix).
+than the prefill its cache saves, and sends a request whose prefix is cached nowhere
+where a slot's cache is spare rather than where it would push out a live
+conversation's (each slot caches one conversation's prefix).
 """
 
 from __future__ import annotations
@@ -105,11 +106,9 @@ def _sticky(c: Candidate, ctx: Context) -> int:
 
 
 def _crowded(c: Candidate, ctx: Context) -> int:
-    """A new conversation on a box whose slots already cache as many live conversations
-    of the model as it has slots would push one of them out."""
-    if not ctx.req.new_conversation:
-        return 0
-    return 1 if ctx.signals.learned.live.get((c.box.name, ctx.req.model), 0) >= c.box.slots else 0
+    """A request whose prefix is not cached on this box would push a live conversation's
+    cache out of its slot (every slot there holds one)."""
+    return 1 if c.estimate is not None and c.estimate.displaced > 0 else 0
 
 
 def default(c: Candidate, ctx: Context, tie: float) -> Key:

@@ -191,9 +191,7 @@ class SharedDispatcher(Dispatcher):
         return await self._wait(req, display_name, ticket, placed)
 
     async def _place_shared(self, req: Request, ticket: Ticket) -> Lease | NoRoute | Wait:
-        ranked = rank(
-            self._prober.fleet, self._shared.usage, req, self._rng.random, self._signals()
-        )
+        ranked = rank(self.fleet, self._shared.usage, req, self._rng.random, self._signals())
         decision = self._decide(req, ranked)
         if not isinstance(decision, Candidate):
             return decision
@@ -228,7 +226,7 @@ class SharedDispatcher(Dispatcher):
     ) -> Lease:
         index, held = got
         lease = Lease(ranked[index].box.name, req.model, partial(self._give_back, held))
-        self._placed(lease, ranked, ticket, waited)
+        self._placed(req, lease, ranked, ticket, waited)
         return lease
 
     def _give_back(self, held: Any, lease: Lease) -> None:
@@ -283,7 +281,7 @@ class SharedDispatcher(Dispatcher):
                     continue
                 pin = waiter.pin if waiter.pin and now < waiter.pin_until else None
                 ranked = rank(
-                    self._prober.fleet,
+                    self.fleet,
                     self._shared.usage,
                     waiter.req,
                     self._rng.random,

@@ -57,7 +57,6 @@ class Traffic:
         self._cooling &= cooling
         if fleet is not None:
             self.costs.see(fleet)
-        self.costs.conversations.prune(now)
         return Signals(
             MappingProxyType(utilisation),
             cooling,

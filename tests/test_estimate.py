@@ -11,7 +11,7 @@ import pytest
 
 from ollamux.routing.accounting import Counts
 from ollamux.routing.choose import Request, Tier, rank
-from ollamux.routing.costs import Conversations, Costs, Learned
+from ollamux.routing.costs import CacheView, Conversations, Costs, Learned
 from ollamux.routing.estimate import PRIOR_LOAD, Ask, estimate
 from ollamux.routing.explain import predicted_ttft
 from ollamux.routing.policies import Signals
@@ -44,7 +44,7 @@ def learned(
     load: float = 5.0,
     prefill: float = 1000.0,
     capacity: dict[str, int] | None = None,
-    live: dict[tuple[str, str], int] | None = None,
+    caches: CacheView | None = None,
     boxes: tuple[str, ...] = ("a", "b", "c"),
 ) -> Learned:
     """Costs as if traffic had shown them: the same on every box."""
@@ -56,7 +56,7 @@ def learned(
         service=MappingProxyType(dict.fromkeys(keys, service)),
         output=MappingProxyType({M: 10.0, X: 10.0}),
         capacity=MappingProxyType(capacity or {}),
-        live=MappingProxyType(live or {}),
+        caches=caches or CacheView(),
     )
 
 
@@ -164,20 +164,59 @@ def test_the_cache_box_wins_while_its_wait_is_short(service: float, expected: st
     assert order(f, {("a", M): 2}, learned(service=service), req=req)[0][0] == expected
 
 
-def test_a_cache_that_holds_more_conversations_than_slots_saves_less() -> None:
+def cached(*placements: tuple[str, str, float], slots: int = 2) -> Conversations:
+    """Conversations placed in this order: (conversation, box, when), 100 tokens each."""
+    conv = Conversations()
+    for name, where, when in placements:
+        conv.asked(name, M, 100, None, when)
+        conv.placed(name, where, M, slots, when)
+    return conv
+
+
+def test_a_conversation_whose_slot_another_took_saves_nothing() -> None:
+    # a has 2 slots: c1, then c2 and c3 took them; c1's prefix is gone (LRU).
+    conv = cached(("c1", "a", 0.0), ("c2", "a", 0.1), ("c3", "a", 0.2))
+    assert conv.asked("c1", M, 150, "a", 0.5) == 0
+    assert conv.asked("c3", M, 150, "a", 0.5) == 100
     f = Fleet.of((box("a", M),))
     ask = Ask(M, prompt_tokens=2000, affinity="a", cached_tokens=2000)
-    roomy = estimate(f.boxes[0], 0, ask, f, {}, learned(), {}, 0.0, 0.0)
-    crowded = estimate(f.boxes[0], 0, ask, f, {}, learned(live={("a", M): 4}), {}, 0.0, 0.0)
-    assert roomy.prefill == 0.0 and roomy.saved == 2.0
-    assert crowded.prefill == pytest.approx(1.0)  # 2 slots for 4 live conversations
+    e = estimate(f.boxes[0], 0, ask, f, {}, learned(), {}, 0.0, 0.0)
+    assert e.prefill == 0.0 and e.saved == 2.0
 
 
-def test_a_new_conversation_goes_where_the_caches_have_room() -> None:
+def test_a_request_whose_prefix_is_cached_nowhere_goes_where_a_slot_is_spare() -> None:
+    # a's two slots hold two live conversations; b's hold one: a newcomer on a would push
+    # one of a's out, on b it takes the spare slot.
+    conv = cached(("c1", "a", 99.0), ("c2", "a", 99.5), ("c3", "b", 99.5))
     f = Fleet.of((box("a", M), box("b", M, index=1)))
-    costs = learned(live={("a", M): 2})
-    new = Request(M, new_conversation=True)
+    costs = learned(caches=conv.view)
+    new = Request(M, conversation="c9", prompt_tokens=500)
     assert [order(f, {}, costs, req=new)[0][0] for _ in range(3)] == ["b"] * 3
+    e = estimate(f.boxes[0], 0, Ask(M, 500), f, {}, costs, {}, 0.0, 100.0)
+    assert e.displaced == pytest.approx(0.1)  # c1's 100 cached tokens at 1000 tokens/s
+    assert "displaces a cached conversation" in e.describe()
+
+
+def test_a_conversation_that_has_ended_leaves_its_slot_to_newcomers() -> None:
+    # Turns come 1 s after each reply: a conversation quiet for 4 of those has ended.
+    conv = Conversations()
+    for turn in range(3):
+        conv.asked("c1", M, 100, "a", 2.0 * turn)
+        conv.placed("c1", "a", M, 1, 2.0 * turn)
+        conv.served("c1", 2.0 * turn + 1.0)
+    assert conv.live_for() == pytest.approx(4.0)
+    assert conv.view.displaced("a", M, 1, now=6.0) == 100  # 1 s after its last reply
+    assert conv.view.displaced("a", M, 1, now=9.5) == 0  # 4.5 s: ended
+
+
+def test_a_moved_conversation_and_an_unloaded_model_leave_no_cache_behind() -> None:
+    conv = cached(("c1", "a", 0.0), ("c2", "a", 0.1))
+    conv.asked("c1", M, 150, "a", 1.0)
+    conv.placed("c1", "b", M, 2, 1.0)  # moved: its slot on a holds nothing it will use
+    assert conv.view.live("a", M, 1.0) == 1 and conv.view.live("b", M, 1.0) == 1
+    assert conv.view.holds("b", M, "c1") == 150 and conv.view.holds("a", M, "c1") == 0
+    conv.unloaded("b", M)
+    assert conv.view.holds("b", M, "c1") == 0
 
 
 def test_the_estimate_adds_wait_load_prefill_and_decode() -> None:
@@ -231,20 +270,6 @@ def test_capacity_is_learned_from_an_eviction_not_from_an_expiry() -> None:
     costs.see(two)
     costs.see(Fleet.of((box("a", M, "phi3:mini"),)))  # X out as phi3 came in: full at 2
     assert costs.view.capacity["a"] == 2
-
-
-def test_live_conversations_expire_and_move() -> None:
-    conv = Conversations(window=60.0)
-    assert conv.asked("c1", M, 100, now=0.0) == 0
-    conv.served("c1", "a", now=1.0)
-    assert conv.asked("c1", M, 150, now=10.0) == 100  # the previous turn's prompt
-    conv.served("c1", "b", now=11.0)  # moved: counted on b only
-    assert dict(conv.view) == {("b", M): 1}
-    conv.asked("c2", M, 50, now=20.0)
-    conv.served("c2", "b", now=20.0)
-    assert conv.view[("b", M)] == 2
-    conv.prune(now=75.0)  # c1 last seen at 11 s: gone; c2 still live
-    assert dict(conv.view) == {("b", M): 1}
 
 
 # --- the dispatcher, on a clock the test holds --------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
@@ -241,6 +242,31 @@ async def test_a_new_model_loads_where_it_costs_least(cluster: Any) -> None:
         box, task = await hold(c, gen(tokens=1))
         assert box != busy_box  # the idle box loads it; the busy one keeps serving
         await asyncio.gather(busy, task)
+
+
+async def test_after_a_load_the_fleet_shows_what_the_box_evicted_without_waiting(
+    cluster: Any,
+) -> None:
+    # Probes of /api/ps every 30 s; the box holds one model. A request for qwen makes it
+    # evict llama3.2: the status says so as soon as the answer ends, not 30 s later.
+    cfg = {"models": [M, "qwen2.5:7b"], "max_loaded": 1, "load_time": 0.05}
+    probe = {"ps": 30.0, "tags": 30.0, "timeout": 2.0, "max_backoff": 0.5}
+    async with cluster(SimConfig(name="a", preloaded=[M], **cfg), probe=probe) as c:
+
+        async def loaded() -> list[str]:
+            models = (await c.status())["endpoints"][0]["models"]
+            return [m["name"] for m in models if m["loaded"]]
+
+        await c.wait_for(lambda: _is(loaded(), ["llama3.2:latest"]))
+        resp = await c.http.post(
+            "/api/generate", json={"model": "qwen2.5:7b", "prompt": "x", "stream": False}
+        )
+        assert resp.status_code == 200 and resp.json()["load_duration"] > 0
+        await c.wait_for(lambda: _is(loaded(), ["qwen2.5:7b"]), within=2.0)
+
+
+async def _is(value: Awaitable[list[str]], expected: list[str]) -> bool:
+    return await value == expected
 
 
 async def test_failover_before_the_first_byte(cluster: Any) -> None:
