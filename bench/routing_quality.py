@@ -18,7 +18,9 @@ Each run gets fresh boxes and a fresh ollamux, and every system runs each shape 
 seeds. Shapes: ``base`` (the shape above); ``many`` (far more live conversations than
 the fleet's slots can cache); ``embed`` (an embeddings flood beside the chat); ``slow``
 (one box three times slower than the others); ``hot`` (one model too popular for one
-box). Reported per shape and system (mean of the seeds): makespan, p95 latency, p95 time
+box); ``roomy`` (the base chat with 8 slots per model, so the fleet's slots can cache
+every live conversation: where the cache-reuse goal is within reach). Reported per
+shape and system (mean of the seeds): makespan, p95 latency, p95 time
 to first token, model loads, prefix-cache reuse as a share of the workload's ceiling
 (the ceiling: the tokens each turn shares with what its conversation's previous turn
 left in a slot's cache, its prompt and answer; reuse: the prompt tokens the box did not
@@ -26,7 +28,7 @@ have to evaluate), and for ollamux the estimate's error (the time to first token
 X-Ollamux-Route header says was predicted when the request arrived, against the one the
 client measured).
 
-    python bench/routing_quality.py               # about ten minutes
+    python bench/routing_quality.py               # about fourteen minutes
     python bench/routing_quality.py --shapes base --seeds 7
     python bench/routing_quality.py --smoke       # seconds; figures mean nothing
 """
@@ -51,7 +53,7 @@ from ollamux.backends.sim.engine import chat_prompt, common_prefix, token_ids
 # The issue's shape at half its time scale (so both seeds of all five shapes run in about
 # ten minutes): 0.5 s loads; decode, prefill, think time and arrival window scaled alike.
 DEFAULTS: dict[str, Any] = {
-    "shapes": "base,many,embed,slow,hot",
+    "shapes": "base,many,embed,slow,hot,roomy",
     "seeds": "7,8",
     "users": 24,
     "per_user": 2,  # conversations per user, one after another
@@ -95,6 +97,7 @@ class Shape:
     embed_workers: int = 0  # clients sending embeddings requests back to back
     embed_requests: int = 0  # each
     think: float | None = None
+    slots: int = 2  # per model on every box (OLLAMA_NUM_PARALLEL)
 
 
 SHAPES = {
@@ -113,6 +116,11 @@ SHAPES = {
     ),
     "slow": Shape("slow", "the base chat; gpu-c is three times slower", slow_box=True),
     "hot": Shape("hot", "the base chat; 70% of conversations on one model", hot=0.7),
+    "roomy": Shape(
+        "roomy",
+        "the base chat with 8 slots per model: caches for every live conversation",
+        slots=8,
+    ),
 }
 
 
@@ -261,7 +269,7 @@ def boxes(stack: Stack, args: Any, shape: Shape) -> list[Any]:
                 name,
                 models=",".join(models),
                 preload=preload,
-                num_parallel=2,
+                num_parallel=shape.slots,
                 max_loaded=2,
                 load_time=args.load_time * slow,
                 tokens_per_s=args.tokens_per_s / slow,
@@ -276,7 +284,9 @@ def run(system: str, args: Any, shape: Shape, seed: int) -> dict[str, Any]:
         started = boxes(stack, args, shape)
         if system.startswith("ollamux"):
             strategy = "fastest" if system.endswith("fastest") else "default"
-            ox = stack.ollamux(started, server=args.server, slots=2, routing={"strategy": strategy})
+            ox = stack.ollamux(
+                started, server=args.server, slots=shape.slots, routing={"strategy": strategy}
+            )
             result = asyncio.run(drive([ox.url], system, args, shape, seed))
         else:
             result = asyncio.run(drive([b.url for b in started], system, args, shape, seed))
@@ -340,7 +350,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, Any] = {}
     lines = [
-        f"3 boxes, 6 models, 2 loaded per box, 2 slots per model, {args.load_time:g} s loads; "
+        f"3 boxes, 6 models, 2 loaded per box, 2 slots per model (8: roomy), "
+        f"{args.load_time:g} s loads; "
         f"{args.users} users x {args.per_user} conversations x {args.turns} turns; "
         f"seeds {args.seeds}; figures are the mean of the seeds",
     ]

@@ -205,7 +205,7 @@ def _estimated(
 
 def honest(candidates: list[Candidate]) -> list[Candidate]:
     """The tier rules: a free slot where the model is not loaded counts as saturated when
-    the load would evict a model in use while another box could serve, or (once loads
+    the load would evict a model in use while another box could serve, or (once answers
     have been seen) when the load, with the reload of an idle model it would evict, outlasts
     the wait for a box that has the model loaded."""
     # Boxes that have the model in memory or are loading it: how soon each could start.
@@ -218,7 +218,7 @@ def honest(candidates: list[Candidate]) -> list[Candidate]:
             soonest = min((d for d in holders if d is not c), key=_ready, default=None)
             if e.evicts_busy and others:
                 c = replace(c, tier=Tier.SATURATED, note=f"a load would evict {e.evicts} (busy)")
-            elif e.load_known and soonest is not None and _ready(soonest) < e.load + e.penalty:
+            elif e.known and soonest is not None and _ready(soonest) < e.load + e.penalty:
                 note = (
                     f"its load ({e.load:.2f} s"
                     + (f", {e.penalty:.2f} s to reload {e.evicts} later" if e.penalty else "")

@@ -86,10 +86,6 @@ class Learned:
         for it): enough to order by."""
         return bool(self.service)
 
-    def knows_load(self) -> bool:
-        """Loads have been seen too: enough to refuse one."""
-        return bool(self.service) and bool(self.load)
-
 
 class Costs:
     def __init__(self) -> None:

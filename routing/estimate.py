@@ -21,9 +21,9 @@ For one candidate box the estimate adds up what the request would go through the
 
 A figure this (box, model) has not shown yet is the model's average on other boxes, else
 any model's, else a prior; ``known`` says whether any answers have been seen (only then
-does the estimate order boxes), ``load_known`` whether loads have too (only then may a
-load be refused for outlasting a wait): a fresh proxy keeps the card's order until it
-has evidence.
+does the estimate order boxes, or refuse a load for outlasting a wait; a load not seen
+yet is priced at the optimistic ``PRIOR_LOAD``): a fresh proxy keeps the card's order
+until it has evidence.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ class Estimate:
     penalty: float = 0.0  # reloading what the load evicts, later, elsewhere
     displaced: float = 0.0  # prefill another live conversation loses its cached slot for
     known: bool = False  # answers have been seen: the figures are learned, not priors
-    load_known: bool = False  # and loads
 
     @property
     def ttft(self) -> float:
@@ -163,7 +162,6 @@ def estimate(
         evicts_busy=evicts_busy,
         penalty=penalty,
         known=learned.knows(),
-        load_known=learned.knows_load(),
     )
 
 

@@ -97,12 +97,25 @@ def test_a_cold_load_wins_when_the_wait_is_longer(strategy: str) -> None:
     assert ranked[0] == ("b", Tier.FREE)
 
 
-def test_before_any_load_is_seen_the_card_order_stands() -> None:
-    # No evidence of what a load costs: the free slot stays free (the card's order).
+@pytest.mark.parametrize(
+    ("service", "first"),
+    [
+        (1.0, ("a", Tier.SATURATED)),  # a frees in ~0.33 s: sooner than a 1 s load on b
+        (30.0, ("b", Tier.FREE)),  # a frees in ~10 s: the load is sooner
+    ],
+)
+def test_before_any_load_is_seen_the_prior_prices_one(
+    service: float, first: tuple[str, Tier]
+) -> None:
     f = Fleet.of((box("a", M), box("b", index=1)))
-    costs = learned(service=1.0)
+    costs = learned(service=service)
     costs = Learned(service=costs.service, decode=costs.decode, output=costs.output)
-    assert order(f, {("a", M): 2}, costs)[0] == ("b", Tier.FREE)
+    assert order(f, {("a", M): 2}, costs)[0] == first
+
+
+def test_before_any_answer_is_seen_the_card_order_stands() -> None:
+    f = Fleet.of((box("a", M), box("b", index=1)))
+    assert order(f, {("a", M): 2}, Learned())[0] == ("b", Tier.FREE)
 
 
 @BOTH
@@ -236,7 +249,7 @@ def test_the_estimate_adds_wait_load_prefill_and_decode() -> None:
 def test_priors_for_a_model_never_seen() -> None:
     f = Fleet.of((box("b"),))
     e = estimate(f.boxes[0], 0, Ask(M), f, {}, Learned(), {}, 0.0, 0.0)
-    assert e.load == PRIOR_LOAD and not e.known and not e.load_known
+    assert e.load == PRIOR_LOAD and not e.known
 
 
 def test_costs_learn_from_final_chunks() -> None:
@@ -258,7 +271,7 @@ def test_costs_learn_from_final_chunks() -> None:
     assert v.service[("a", M)] == pytest.approx(1.5 + 0.3 * (0.7 - 1.5))
     assert v.last_used[("a", M)] == 20.0
     # Another box with no figures of its own borrows the model's average.
-    assert v.figure(v.load, "b", M) == 3.0 and v.knows() and v.knows_load()
+    assert v.figure(v.load, "b", M) == 3.0 and v.knows()
 
 
 def test_capacity_is_learned_from_an_eviction_not_from_an_expiry() -> None:
