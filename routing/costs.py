@@ -28,12 +28,14 @@ from ollamux.routing.state import Fleet
 ALPHA = 0.3  # weight of the newest observation
 MIN_PROMPT = 16  # fewer uncached tokens time the request's overhead, not the prefill rate
 MIN_LOAD = 0.05  # seconds: less than this is a resident model answering, not a load
+MAX_SHARING = 8  # rates are learned apart per number of requests sharing the model, to 8
 LIVE_WINDOW = 120.0  # seconds a conversation counts as live after its last turn, at most
 MIN_LIVE = 1.0  # seconds, at least
 LIVE_GAPS = 4.0  # a conversation idle for this many of its usual gaps has ended
 MAX_CONVERSATIONS = 100_000
 
 Key = tuple[str, str]
+Level = tuple[str, str, int]  # (box, model, requests of the model running together)
 _T = TypeVar("_T")
 
 
@@ -53,6 +55,8 @@ class Learned:
     capacity: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     last_used: Mapping[Key, float] = field(default_factory=_view)
     caches: CacheView = field(default_factory=lambda: CacheView())
+    prefill_at: Mapping[Level, float] = field(default_factory=lambda: MappingProxyType({}))
+    decode_at: Mapping[Level, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def figure(self, table: Mapping[Key, float], box: str, model: str) -> float | None:
         """This (box, model)'s figure, else the model's average elsewhere, else any's."""
@@ -63,6 +67,20 @@ class Learned:
         pool = same or list(table.values())
         return sum(pool) / len(pool) if pool else None
 
+    def rate(
+        self,
+        table: Mapping[Key, float],
+        at: Mapping[Level, float],
+        box: str,
+        model: str,
+        sharing: int,
+    ) -> float | None:
+        """A rate (``prefill`` or ``decode``, with its ``_at`` table) of this (box, model)
+        with ``sharing`` requests of the model running at once: as seen at that level,
+        else ``figure()`` (whatever the level)."""
+        own = at.get((box, model, level(sharing)))
+        return own if own is not None else self.figure(table, box, model)
+
     def capacity_of(self, box: str) -> int | None:
         """How many models ``box`` holds at most: its own, else the smallest any box has
         shown (boxes of one fleet tend to be alike; a probe corrects a wrong guess)."""
@@ -71,7 +89,7 @@ class Learned:
             return own
         return min(self.capacity.values())
 
-    def describe(self, box: str, model: str) -> dict[str, float | None]:
+    def describe(self, box: str, model: str) -> dict[str, object]:
         """This (box, model)'s own figures (None: not observed yet)."""
         key = (box, model)
         return {
@@ -79,6 +97,11 @@ class Learned:
             "prefill_tokens_per_s": _round(self.prefill.get(key)),
             "decode_tokens_per_s": _round(self.decode.get(key)),
             "service_s": _round(self.service.get(key)),
+            "decode_tokens_per_s_by_sharing": {
+                str(n): _round(rate)
+                for (b, m, n), rate in sorted(self.decode_at.items())
+                if (b, m) == key
+            },
         }
 
     def knows(self) -> bool:
@@ -96,6 +119,8 @@ class Costs:
         self._output: dict[str, float] = {}
         self._capacity: dict[str, int] = {}
         self._last_used: dict[Key, float] = {}
+        self._prefill_at: dict[Level, float] = {}
+        self._decode_at: dict[Level, float] = {}
         self._fleet: Fleet | None = None
         self.conversations = Conversations()
         self.view = Learned(
@@ -107,23 +132,37 @@ class Costs:
             MappingProxyType(self._capacity),
             MappingProxyType(self._last_used),
             self.conversations.view,
+            MappingProxyType(self._prefill_at),
+            MappingProxyType(self._decode_at),
         )
 
     def placed(self, box: str, model: str, now: float) -> None:
         self._last_used[(box, model)] = now
 
     def finished(
-        self, box: str, model: str, ttft: float | None, counts: Counts, now: float
+        self,
+        box: str,
+        model: str,
+        ttft: float | None,
+        counts: Counts,
+        now: float,
+        sharing: int = 1,
     ) -> None:
+        """``sharing``: requests of the model the box ran once this one was placed (rates
+        fall as more share the GPU; each level is learned apart)."""
         key = (box, model)
+        at = (box, model, level(sharing))
         self._last_used[key] = now
         load = counts.load_seconds or 0.0
         if load >= MIN_LOAD:
             _ewma(self._load, key, load)
         if counts.prompt_seconds and counts.prompt_tokens >= MIN_PROMPT:
-            _ewma(self._prefill, key, counts.prompt_tokens / counts.prompt_seconds)
+            prefill = counts.prompt_tokens / counts.prompt_seconds
+            _ewma(self._prefill, key, prefill)
+            _ewma(self._prefill_at, at, prefill)
         if (rate := counts.decode_rate) is not None:
             _ewma(self._decode, key, rate)
+            _ewma(self._decode_at, at, rate)
         if counts.output_tokens:
             _ewma(self._output, model, float(counts.output_tokens))
         if ttft is not None:
@@ -267,7 +306,13 @@ def _bounded(table: OrderedDict[str, _T], key: str, value: _T) -> None:
         table.popitem(last=False)
 
 
-def _ewma(table: dict[Key, float] | dict[str, float], key: object, new: float) -> None:
+def level(sharing: int) -> int:
+    return min(max(1, sharing), MAX_SHARING)
+
+
+def _ewma(
+    table: dict[Key, float] | dict[str, float] | dict[Level, float], key: object, new: float
+) -> None:
     old = table.get(key)  # type: ignore[call-overload]
     table[key] = new if old is None else old + ALPHA * (new - old)  # type: ignore[index]
 

@@ -198,7 +198,9 @@ class Dispatcher:
 
     def _reserve(self, box: str, model: str) -> Lease:
         self._slots.take(box, model)
-        return Lease(box, model, self._release)
+        lease = Lease(box, model, self._release)
+        lease.sharing = self._slots.usage.get((box, model), 1)
+        return lease
 
     def _release(self, lease: Lease) -> None:
         """A lease came back: its slot is free, so waiting requests may fit now."""

@@ -19,6 +19,10 @@ For one candidate box the estimate adds up what the request would go through the
   the ``displaced`` cost, counted in the ranking but not in the prediction;
 - **decode** of the model's usual answer length at the box's learned rate.
 
+Prefill and decode rates are taken at the number of the model's requests the box would
+run with this one (each level learned apart, ``Learned.rate``), since they fall as more
+requests share the GPU.
+
 A figure this (box, model) has not shown yet is the model's average on other boxes, else
 any model's, else a prior; ``known`` says whether any answers have been seen (only then
 does the estimate order boxes, or refuse a load for outlasting a wait; a load not seen
@@ -141,7 +145,9 @@ def estimate(
                 # Ollama loads once a resident model is idle: the soonest one to finish.
                 evicts = min(box.loaded, key=lambda m: _service(learned, name, m, 0))
                 wait += _service(learned, name, evicts, 0) / 2
-    rate = learned.figure(learned.prefill, name, model) or PRIOR_PREFILL
+    # The rates with this request among the model's running ones (slots allowing).
+    sharing = min(in_use + 1, box.slots)
+    rate = learned.rate(learned.prefill, learned.prefill_at, name, model, sharing) or PRIOR_PREFILL
     cached, displaced = 0, 0
     if loaded and name == ask.affinity and ask.cached_tokens:
         cached = min(ask.prompt_tokens, ask.cached_tokens)
@@ -150,7 +156,8 @@ def estimate(
         # cache of whatever conversation that slot holds, if that one is still live.
         displaced = learned.caches.displaced(name, model, box.slots, now)
     prefill = (ask.prompt_tokens - cached) / rate
-    decode = _output(learned, model) / (learned.figure(learned.decode, name, model) or PRIOR_DECODE)
+    speed = learned.rate(learned.decode, learned.decode_at, name, model, sharing)
+    decode = _output(learned, model) / (speed or PRIOR_DECODE)
     return Estimate(
         wait,
         load,

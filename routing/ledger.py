@@ -37,12 +37,13 @@ class SlotStore(Protocol):
 class Lease:
     """One reserved slot. ``release`` hands it back once, whatever calls it how often."""
 
-    __slots__ = ("_free", "box", "model", "reason", "released")
+    __slots__ = ("_free", "box", "model", "reason", "released", "sharing")
 
     def __init__(self, box: str, model: str, free: Callable[[Lease], None]) -> None:
         self.box = box
         self.model = model
         self.reason = ""  # why this box: the X-Ollamux-Route header
+        self.sharing = 1  # requests of the model the box ran once this one was placed
         self.released = False
         self._free = free
 

@@ -124,9 +124,16 @@ class SharedTraffic(Traffic):
     # placed: the store's reservation itself tells the other replicas (one round trip).
 
     def finished(
-        self, box: str, model: str, user: str, ttft: float | None, counts: Counts, now: float
+        self,
+        box: str,
+        model: str,
+        user: str,
+        ttft: float | None,
+        counts: Counts,
+        now: float,
+        sharing: int = 1,
     ) -> None:
-        super().finished(box, model, user, ttft, counts, now)
+        super().finished(box, model, user, ttft, counts, now, sharing)
         tokens = {"p": counts.prompt_tokens, "o": counts.output_tokens}
         self._broadcast({"e": "done", "b": box, "m": model, "u": user, **tokens})
 
@@ -226,6 +233,7 @@ class SharedDispatcher(Dispatcher):
     ) -> Lease:
         index, held = got
         lease = Lease(ranked[index].box.name, req.model, partial(self._give_back, held))
+        lease.sharing = max(1, self._shared.usage.get((lease.box, req.model), 1))
         self._placed(req, lease, ranked, ticket, waited)
         return lease
 

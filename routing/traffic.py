@@ -78,10 +78,18 @@ class Traffic:
                 self._wake_at(box, limits.frees_at(now))
 
     def finished(
-        self, box: str, model: str, user: str, ttft: float | None, counts: Counts, now: float
+        self,
+        box: str,
+        model: str,
+        user: str,
+        ttft: float | None,
+        counts: Counts,
+        now: float,
+        sharing: int = 1,
     ) -> None:
+        """``sharing``: requests of the model the box ran once this one was placed."""
         self.fair.finished(user, counts.output_tokens, now)
-        self.costs.finished(box, model, ttft, counts, now)
+        self.costs.finished(box, model, ttft, counts, now, sharing)
         limits = self.limits.get(box)
         if limits is not None and limits.limited:
             limits.tokens(counts.prompt_tokens + counts.output_tokens, now)

@@ -24,7 +24,7 @@ export function renderCosts(learned, recent) {
       el("td", { class: "model", text: r.model }),
       el("td", { class: "num", text: seconds(r.load_s) }),
       el("td", { class: "num", text: rate(r.prefill_tokens_per_s) }),
-      el("td", { class: "num", text: rate(r.decode_tokens_per_s) }),
+      el("td", { class: "num", text: rate(r.decode_tokens_per_s), title: bySharing(r.decode_tokens_per_s_by_sharing) }),
       el("td", { class: "num", text: seconds(r.service_s) }),
     ];
     // On a phone each row is a card and each cell says which column it is (CSS).
@@ -33,6 +33,13 @@ export function renderCosts(learned, recent) {
   });
   const table = el("table", { class: "learned" }, el("thead", {}, head), el("tbody", {}, body));
   return [el("div", { class: "scroll" }, table), accuracy(recent || [])];
+}
+
+// "1 running: 100 tok/s; 2 running: 50 tok/s": the decode rate per number of the model's
+// requests the box ran together (the cell's tooltip).
+function bySharing(levels) {
+  const entries = Object.entries(levels || {});
+  return entries.map(([n, r]) => `${n} running: ${rate(r)}`).join("; ");
 }
 
 function accuracy(recent) {

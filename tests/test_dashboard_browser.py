@@ -143,6 +143,14 @@ async def test_dashboard_shows_the_demo_cluster_live() -> None:
             assert row[3:5] == ["/api/generate", "200"]
             assert row[8].endswith("→ 300")
             assert row[10].startswith(row[2] + ": model")  # why that box
+            # Learned costs: a decode rate's tooltip gives it per number of the model's
+            # requests the box ran together (three mistral requests ran at once above, on
+            # two boxes at most: one ran two together).
+            await page.wait_for_function(
+                "() => [...document.querySelectorAll('table.learned td[title]')]"
+                ".some(td => /[23] running: /.test(td.title))",
+                timeout=10_000,
+            )
 
             phone = await browser.new_page(viewport={"width": 390, "height": 844})
             await phone.goto(url + "/dashboard")

@@ -274,6 +274,29 @@ def test_costs_learn_from_final_chunks() -> None:
     assert v.figure(v.load, "b", M) == 3.0 and v.knows()
 
 
+def test_rates_are_learned_per_number_of_requests_sharing_the_model() -> None:
+    # Alone, a decodes 100 tokens/s; with a second request beside it, 50 each.
+    costs = Costs()
+    alone = Counts(prompt_tokens=800, output_tokens=100, prompt_seconds=0.4, decode_seconds=1.0)
+    shared = Counts(prompt_tokens=800, output_tokens=100, prompt_seconds=0.8, decode_seconds=2.0)
+    costs.finished("a", M, 0.5, alone, now=1.0, sharing=1)
+    costs.finished("a", M, 0.9, shared, now=2.0, sharing=2)
+    v = costs.view
+    assert v.rate(v.decode, v.decode_at, "a", M, 1) == 100.0
+    assert v.rate(v.decode, v.decode_at, "a", M, 2) == 50.0
+    assert v.rate(v.prefill, v.prefill_at, "a", M, 2) == 1000.0
+    # A level never seen takes the rate whatever the level (here both answers' average).
+    assert v.rate(v.decode, v.decode_at, "a", M, 5) == pytest.approx(100 + 0.3 * (50 - 100))
+    assert v.describe("a", M)["decode_tokens_per_s_by_sharing"] == {"1": 100.0, "2": 50.0}
+    # The estimate for a box already running one request of the model decodes at the
+    # shared rate: the usual 100-token answer takes 2 s there, 1 s on an idle box.
+    f = Fleet.of((box("a", M),))
+    busy = estimate(f.boxes[0], 1, Ask(M, 800), f, {("a", M): 1}, v, {}, 0.0, 3.0)
+    idle = estimate(f.boxes[0], 0, Ask(M, 800), f, {}, v, {}, 0.0, 3.0)
+    assert busy.decode == pytest.approx(2.0) and idle.decode == pytest.approx(1.0)
+    assert busy.prefill == pytest.approx(0.8) and idle.prefill == pytest.approx(0.4)
+
+
 def test_capacity_is_learned_from_an_eviction_not_from_an_expiry() -> None:
     costs = Costs()
     two = Fleet.of((box("a", M, X),))

@@ -251,12 +251,13 @@ class Services:
         self.prober.report(box, ok=False)
         self.prober.poke(box)
 
-    def _done(self, outcome: Outcome, user: str) -> None:
+    def _done(self, outcome: Outcome, user: str, sharing: int = 1) -> None:
         counts = self.stats.finished(outcome)
         if outcome.box and outcome.sent is not None and outcome.status < 400:
             ttft = None if outcome.first_byte is None else outcome.first_byte - outcome.sent
             now = self.clock.now()
-            self.dispatcher.traffic.finished(outcome.box, outcome.model, user, ttft, counts, now)
+            traffic = self.dispatcher.traffic
+            traffic.finished(outcome.box, outcome.model, user, ttft, counts, now, sharing)
         if outcome.box and outcome.first_byte is not None and outcome.status < 500:
             if outcome.error is None:
                 # A success closes the breaker; a stream that broke was already reported
@@ -292,6 +293,7 @@ class Placing:
         self._slot = slot
         self._conversation = conversation
         self._ticket = ticket
+        self._lease: Lease | None = None  # the slot of the latest attempt
 
     async def place(self, failed: frozenset[str]) -> tuple[Lease | None, Target]:
         svc, req = self._svc, self._req
@@ -300,7 +302,7 @@ class Placing:
         if not self._slot:
             picked = await svc.dispatcher.resolve(req, self._name)
             return None, svc.target(picked.box.name, self._plan)
-        lease = await svc.dispatcher.acquire(req, self._name, self._ticket)
+        lease = self._lease = await svc.dispatcher.acquire(req, self._name, self._ticket)
         try:
             return lease, svc.target(lease.box, self._plan)
         except BaseException:
@@ -320,7 +322,9 @@ class Placing:
         self._svc.prober.lacks(box, path)
 
     def done(self, outcome: Outcome) -> None:
-        self._svc._done(outcome, self._ticket.user)
+        lease = self._lease
+        sharing = lease.sharing if lease is not None and lease.box == outcome.box else 1
+        self._svc._done(outcome, self._ticket.user, sharing)
         if self._conversation is not None and outcome.box and 0 < outcome.status < 400:
             self._svc.dispatcher.remember(self._conversation, outcome.box)
 
