@@ -219,14 +219,6 @@ class CacheView:
         seen, tokens = next(iter(cache.values()))
         return tokens if now - seen < self._owner.live_for() else 0
 
-    def live(self, box: str, model: str, now: float) -> int:
-        """Conversations (``box``, ``model``)'s slots hold that are still live."""
-        if self._owner is None:
-            return 0
-        window = self._owner.live_for()
-        cache = self._owner.caches.get((box, model))
-        return sum(1 for seen, _ in cache.values() if now - seen < window) if cache else 0
-
 
 class Conversations:
     """Live conversations, and a shadow of what each box's prompt caches hold of them.

@@ -226,7 +226,7 @@ def test_a_moved_conversation_and_an_unloaded_model_leave_no_cache_behind() -> N
     conv = cached(("c1", "a", 0.0), ("c2", "a", 0.1))
     conv.asked("c1", M, 150, "a", 1.0)
     conv.placed("c1", "b", M, 2, 1.0)  # moved: its slot on a holds nothing it will use
-    assert conv.view.live("a", M, 1.0) == 1 and conv.view.live("b", M, 1.0) == 1
+    assert conv.view.holds("a", M, "c2") == 100 and conv.view.displaced("a", M, 2, 1.0) == 0
     assert conv.view.holds("b", M, "c1") == 150 and conv.view.holds("a", M, "c1") == 0
     conv.unloaded("b", M)
     assert conv.view.holds("b", M, "c1") == 0
