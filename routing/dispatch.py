@@ -118,14 +118,19 @@ class Dispatcher:
         conversation: str | None = None,
         kinds: frozenset[str] | None = None,
         prompt_tokens: int = 0,
+        looking: bool = False,
     ) -> Request:
+        """``looking``: only to see what would be chosen (``/router/explain``), so the
+        conversation's turn is not noted (nor the pause before it learned)."""
         affinity, cached = None, 0
         if conversation is not None and self._settings.conversation_affinity:
             now = self._clock.now()
             affinity = self.affinity.get(conversation, now)
-            cached = self.traffic.costs.conversations.asked(
-                conversation, model, prompt_tokens, affinity, now
-            )
+            conversations = self.traffic.costs.conversations
+            if looking:
+                cached = conversations.view.holds(affinity, model, conversation)
+            else:
+                cached = conversations.asked(conversation, model, prompt_tokens, affinity, now)
         else:
             conversation = None
         return Request(

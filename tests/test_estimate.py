@@ -344,3 +344,18 @@ def test_the_predicted_time_to_first_token_is_read_back_from_the_route_reason() 
     waited = placed + " (loaded, free slot; fastest); waited 1.20 s; on arrival est ttft 1.05 s"
     assert predicted_ttft(waited) == 1.05  # what was said on arrival, not at placement
     assert predicted_ttft("a: model loaded, 0/2 slots (loaded, free slot; least-busy)") is None
+
+
+async def test_explaining_a_turn_does_not_count_as_one() -> None:
+    # /router/explain asks as a turn of the conversation without sending it: the pause
+    # before the conversation's real next turn is still learned from its real arrival.
+    d, _ledger, clock = dispatcher([one_slot_box("a", 0)])
+    first = await d.acquire(d.request(M, conversation="c", prompt_tokens=100), M)
+    first.release()
+    d.remember("c", "a")  # its answer ended at 0 s
+    clock.advance(1.0)
+    looked = d.request(M, conversation="c", prompt_tokens=150, looking=True)
+    assert looked.affinity == "a" and looked.cached_tokens == 100
+    clock.advance(1.0)
+    d.request(M, conversation="c", prompt_tokens=150)  # the real turn, 2 s after
+    assert d.traffic.costs.conversations.live_for() == pytest.approx(8.0)  # 4 x 2 s

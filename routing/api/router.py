@@ -45,7 +45,7 @@ async def router_explain(request: Request) -> Response:
     svc = services(request)
     session = request.query_params.get("session")
     conversation = conversation_key(model, {}, session) if session else None
-    req = svc.dispatcher.request(svc.model_key(model), conversation=conversation)
+    req = svc.dispatcher.request(svc.model_key(model), conversation=conversation, looking=True)
     return JSON(svc.dispatcher.explain(req))
 
 
