@@ -57,6 +57,7 @@ class Learned:
     caches: CacheView = field(default_factory=lambda: CacheView())
     prefill_at: Mapping[Level, float] = field(default_factory=lambda: MappingProxyType({}))
     decode_at: Mapping[Level, float] = field(default_factory=lambda: MappingProxyType({}))
+    held: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # at once
 
     def figure(self, table: Mapping[Key, float], box: str, model: str) -> float | None:
         """This (box, model)'s figure, else the model's average elsewhere, else any's."""
@@ -87,7 +88,9 @@ class Learned:
         own = self.capacity.get(box)
         if own is not None or not self.capacity:
             return own
-        return min(self.capacity.values())
+        guess = min(self.capacity.values())
+        # A box seen holding more than that at once is not like the others.
+        return guess if self.held.get(box, 0) <= guess else None
 
     def describe(self, box: str, model: str) -> dict[str, object]:
         """This (box, model)'s own figures (None: not observed yet)."""
@@ -121,6 +124,7 @@ class Costs:
         self._last_used: dict[Key, float] = {}
         self._prefill_at: dict[Level, float] = {}
         self._decode_at: dict[Level, float] = {}
+        self._held: dict[str, int] = {}  # per box, the most models it was seen holding
         self._fleet: Fleet | None = None
         self.conversations = Conversations()
         self.view = Learned(
@@ -134,6 +138,7 @@ class Costs:
             self.conversations.view,
             MappingProxyType(self._prefill_at),
             MappingProxyType(self._decode_at),
+            MappingProxyType(self._held),
         )
 
     def placed(self, box: str, model: str, now: float) -> None:
@@ -172,9 +177,14 @@ class Costs:
 
     def see(self, fleet: Fleet) -> None:
         """A new fleet snapshot: a box whose loaded set lost a model while gaining another
-        was full, so it holds at most what it holds now."""
+        was full, so it holds at most what it held."""
         old, self._fleet = self._fleet, fleet
-        if old is None or old is fleet:
+        if old is fleet:
+            return
+        for box in fleet.boxes:
+            if box.answered and len(box.loaded) > self._held.get(box.name, 0):
+                self._held[box.name] = len(box.loaded)
+        if old is None:
             return
         for box in fleet.boxes:
             before = old.by_name.get(box.name)
@@ -183,7 +193,9 @@ class Costs:
             for model in before.loaded - box.loaded:
                 self.conversations.unloaded(box.name, model)
             if before.loaded - box.loaded and box.loaded - before.loaded:
-                held = max(1, len(box.loaded))
+                # It was full when the load began. Counting what it holds after would
+                # undercount when the probe came while a second load was under way.
+                held = max(1, len(before.loaded), len(box.loaded))
                 self._capacity[box.name] = min(self._capacity.get(box.name, held), held)
 
     def table(self) -> list[dict[str, object]]:

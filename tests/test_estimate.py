@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from types import MappingProxyType
 
 import pytest
@@ -359,3 +360,23 @@ async def test_explaining_a_turn_does_not_count_as_one() -> None:
     clock.advance(1.0)
     d.request(M, conversation="c", prompt_tokens=150)  # the real turn, 2 s after
     assert d.traffic.costs.conversations.live_for() == pytest.approx(8.0)  # 4 x 2 s
+
+
+def test_a_probe_during_a_second_load_does_not_undercount_capacity() -> None:
+    # a held M and X; X left for phi3 and M for another model still loading (not listed
+    # yet): the probe shows phi3 alone, but a was full at 2.
+    costs = Costs()
+    costs.see(Fleet.of((box("a", M, X),)))
+    costs.see(Fleet.of((box("a", "phi3:mini"),)))
+    assert costs.view.capacity == {"a": 2}
+
+
+def test_a_box_never_seen_full_is_taken_to_be_like_the_others_unless_it_held_more() -> None:
+    costs = Costs()
+    a, b, c = box("a", M, X, index=0), box("b", X, index=1), box("c", M, X, index=2)
+    costs.see(Fleet.of((a, b, replace(c, loaded=frozenset({M, X, "phi3:mini"})))))
+    costs.see(Fleet.of((replace(a, loaded=frozenset({M, "phi3:mini"})), b, c)))
+    v = costs.view
+    assert v.capacity == {"a": 2}  # a swapped X for phi3: it holds 2 at most
+    assert v.capacity_of("b") == 2  # never seen full, never seen holding more: like a
+    assert v.capacity_of("c") is None  # held 3 at once: not like a, not known
