@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -62,6 +63,36 @@ async def serve_app(app: Starlette) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+async def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes, read the answer until the server closes the connection."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):  # a guard: the server must close, not wait
+            data = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers, body
+
+
+async def announce_body(url: str, route: str, length: int) -> httpx.Response:
+    """POST only a head announcing a ``length``-byte JSON body; the answer, as a
+    Response (a server refusing the size answers before the body is sent)."""
+    host = urlsplit(url).netloc
+    head = (
+        f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    status, headers, body = await raw_exchange(url, head.encode())
+    return httpx.Response(status, headers=headers, content=body)
 
 
 @dataclass

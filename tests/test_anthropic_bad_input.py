@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from ollamux.backends.sim.ollama import SimConfig
 from ollamux.routing.settings import Limits
-from tests.conftest import Cluster, run_cluster
+from tests.conftest import Cluster, announce_body, run_cluster
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -143,29 +143,7 @@ async def test_a_bad_priority_header_is_400(c: Cluster, route: str) -> None:
 
 @pytest.mark.parametrize("route", ROUTES)
 async def test_a_body_over_the_limit_is_413_before_it_is_read(c: Cluster, route: str) -> None:
-    limit = Limits().max_body_bytes
-    host, port = c.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(
-            f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {limit + 1}\r\n\r\n".encode()
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        body = await reader.readexactly(length)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    headers = {
-        k.strip().lower().decode(): v.strip().decode()
-        for k, v in (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
-    }
-    resp = httpx.Response(int(head.split(b" ")[1]), headers=headers, content=body)
+    resp = await announce_body(c.url, route, Limits().max_body_bytes + 1)
     assert "limit" in api_error(resp, 413)
 
 

@@ -4,13 +4,11 @@ read whole."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import ollama
 import openai
@@ -21,7 +19,7 @@ from ollamux.backends.sim.ollama import SimConfig
 from ollamux.routing.api.client_limits import _counted, verdict
 from ollamux.routing.errors import ProxyError
 from ollamux.routing.settings import Limits, parse_settings
-from tests.conftest import Cluster, run_cluster
+from tests.conftest import Cluster, raw_exchange, run_cluster
 
 M = "llama3.2"
 SMALL = Limits(max_body_bytes=1000, max_header_bytes=2000, max_connections=2)
@@ -86,24 +84,6 @@ async def limited(**limits: int) -> AsyncIterator[Cluster]:
     box = SimConfig(name="a", preloaded=[M], num_parallel=4, tokens_per_s=50)
     async with run_cluster(box, limits=limits, max_concurrent_connections=4) as c:
         yield c
-
-
-async def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send bytes, read the answer until the server closes the connection."""
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(10):  # a guard: the server must close, not wait
-            data = await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode().split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines)
-    return int(status_line.split()[1]), headers, body
 
 
 @pytest.mark.parametrize(
