@@ -23,6 +23,7 @@ from ollamux.backends.translate.common import (
     MALFORMED,
     Chain,
     SSEReader,
+    WholeBody,
     arguments_object,
     convert_all,
     error_message,
@@ -185,11 +186,9 @@ class OpenAIToAnthropic:
         return self.broken(untranslatable(exc))
 
     def whole(self, status: int, body: bytes) -> bytes:
-        if status >= 400:
-            return anthropic_error(status, body)
-        doc = loads_object(body)
-        if doc is None:
-            return orjson.dumps(error_doc(502, error_message(body)))
+        doc = _answer(status, body)
+        if isinstance(doc, bytes):
+            return doc
         try:
             if self._stream:  # the box answered whole though asked to stream
                 return self._replay(doc)
@@ -351,27 +350,13 @@ def _finale(reason: str, counts: Mapping[str, int], edits: bool) -> bytes:
     return out + event("message_stop", {"type": "message_stop"})
 
 
-class CountFromOpenAI:
+class CountFromOpenAI(WholeBody):
     """A one-token chat completion, as ``count_tokens``'s answer: its prompt's size."""
 
-    def limit_events(self, limit: int) -> None:
-        pass  # nothing is buffered
-
-    def content_type(self, status: int, upstream: str) -> str:
-        return JSON
-
-    def chunk(self, data: bytes) -> bytes:
-        return data
-
-    def end(self) -> bytes:
-        return b""
-
     def whole(self, status: int, body: bytes) -> bytes:
-        if status >= 400:
-            return anthropic_error(status, body)
-        doc = loads_object(body)
-        if doc is None:
-            return orjson.dumps(error_doc(502, error_message(body)))
+        doc = _answer(status, body)
+        if isinstance(doc, bytes):
+            return doc
         try:
             return orjson.dumps({"input_tokens": usage(doc.get("usage"))["input_tokens"]})
         except MALFORMED as exc:
@@ -410,3 +395,12 @@ def from_ollama(model: str, *, stream: bool, count: bool = False, edits: bool = 
         CountFromOpenAI() if count else OpenAIToAnthropic(model, stream=stream, edits=edits)
     )
     return Chain(first, second)
+
+
+def _answer(status: int, body: bytes) -> dict[str, Any] | bytes:
+    """The box's whole answer as a JSON object, or the Anthropic error to send instead
+    (the box's own error, or a 502 for an answer that is not a JSON object)."""
+    if status >= 400:
+        return anthropic_error(status, body)
+    doc = loads_object(body)
+    return orjson.dumps(error_doc(502, error_message(body))) if doc is None else doc
