@@ -249,7 +249,6 @@ class Conversations:
         self._gap: float | None = None  # seconds between a reply and the next turn
         # (box, model) -> conversation -> (last seen, prompt tokens); least recent first
         self.caches: dict[Key, OrderedDict[str, tuple[float, int]]] = {}
-        self._where: OrderedDict[str, Key] = OrderedDict()  # conversation -> its cache
         self._asked: OrderedDict[str, int] = OrderedDict()  # a turn not placed yet: tokens
         self._answered: OrderedDict[str, float] = OrderedDict()  # when its last turn ended
         self.view = CacheView(self)
@@ -273,31 +272,27 @@ class Conversations:
         """The turn went to ``box``: it takes the slot with its prefix, else the least
         recently used one."""
         tokens = self._asked.pop(conversation, 0)
-        old = self._where.pop(conversation, None)
-        if old is not None and old != (box, model):
-            self.caches.get(old, OrderedDict()).pop(conversation, None)
+        for key, held in self.caches.items():  # a moved conversation leaves nothing behind
+            if key != (box, model):
+                held.pop(conversation, None)
         cache = self.caches.setdefault((box, model), OrderedDict())
         before = cache.pop(conversation, None)
         if before is not None:  # a turn sent beside another keeps the longer prefix cached
             tokens = max(tokens, before[1])
         cache[conversation] = (now, tokens)
         while len(cache) > max(1, slots):
-            gone, _ = cache.popitem(last=False)
-            self._where.pop(gone, None)
-        _bounded(self._where, conversation, (box, model))
+            cache.popitem(last=False)
 
     def served(self, conversation: str, now: float) -> None:
         """The turn's answer ended: the conversation's next turn may come from now on."""
-        where = self._where.get(conversation)
-        cache = self.caches.get(where) if where is not None else None
-        if cache is not None and conversation in cache:
-            cache[conversation] = (now, cache[conversation][1])
+        for cache in self.caches.values():
+            if conversation in cache:
+                cache[conversation] = (now, cache[conversation][1])
         _bounded(self._answered, conversation, now)
 
     def unloaded(self, box: str, model: str) -> None:
         """The model left ``box`` (or is loaded afresh): its slots cache nothing."""
-        for conversation in self.caches.pop((box, model), {}):
-            self._where.pop(conversation, None)
+        self.caches.pop((box, model), None)
 
 
 NOTHING_LEARNED = Learned()
