@@ -64,10 +64,6 @@ class Residency:
         self._expires = min(self._expires, now + self._max_age)
         self._view = None
 
-    def pending(self) -> dict[str, list[str]]:
-        """Per box, the models it is taken to be loading that no probe has shown yet."""
-        return {box: [load.model for load in loads] for box, loads in self._loads.items()}
-
     def _forget(self, fleet: Fleet, now: float) -> None:
         """Drop the loads the probe shows (or whose box is gone) and the ones too old."""
         oldest = float("inf")
