@@ -65,6 +65,14 @@ async def serve_app(app: Starlette) -> AsyncIterator[str]:
         sock.close()
 
 
+def rss_mb() -> float:
+    """This process's resident set, in MiB (the tests serve ollamux in-process)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 async def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send bytes, read the answer until the server closes the connection."""
     parts = urlsplit(url)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,19 +19,12 @@ import orjson
 from aiohttp import web
 
 from ollamux.app import create_app
-from tests.conftest import serve_app
+from tests.conftest import rss_mb, serve_app
 
 M = "llama3.2:latest"
 TAG = {"name": M, "model": M, "size": 1, "digest": "d", "details": {}}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 @asynccontextmanager

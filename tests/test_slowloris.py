@@ -16,7 +16,6 @@ import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,17 +25,10 @@ import uvicorn
 from ollamux.app import create_app
 from ollamux.backends.sim.ollama import SimBox, SimConfig
 from ollamux.routing.api import server
-from tests.conftest import cluster_settings
+from tests.conftest import cluster_settings, rss_mb
 
 M = "llama3.2"
 ATTACKER = "127.0.0.2"
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 @asynccontextmanager
